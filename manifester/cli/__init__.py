@@ -1,0 +1,58 @@
+"""The ``manifester`` command line: commands only.
+
+Each command parses its flags, calls one library function and prints the result.
+Errors from the library (:class:`manifester.errors.ManifesterError`) are printed as
+one clear message plus a hint, with a non-zero exit code and no traceback.
+
+Commands live in one module per area (``build``, ``server``, ``api``, ``run``);
+each module exposes ``commands``, a list of click commands or groups.
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import Any
+
+import click
+
+from ..errors import ManifesterError
+from . import api, build, run, server
+
+__all__ = ["cli", "main"]
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.version_option(package_name="manifester")
+def cli() -> None:
+    """Move image collections from S3, GCS or local folders into Theos datasets.
+
+    \b
+    Example:
+      manifester build s3://photos/cats --out manifests/
+      manifester migrate s3://photos/cats --dataset Cats
+    """
+
+
+for _module in (build, server, api, run):
+    for _command in _module.commands:
+        cli.add_command(_command)
+
+
+def main(argv: list[str] | None = None) -> Any:
+    """Console-script entry point: run the CLI, turning library errors into clean exits."""
+    try:
+        return cli.main(args=argv, prog_name="manifester", standalone_mode=False)
+    except ManifesterError as exc:
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(exc.exit_code)
+    except click.exceptions.Abort:
+        click.echo("aborted", err=True)
+        sys.exit(130)
+    except KeyboardInterrupt:
+        click.echo("interrupted", err=True)
+        sys.exit(130)
+    except click.ClickException as exc:
+        exc.show()
+        sys.exit(exc.exit_code)
+    except click.exceptions.Exit as exc:
+        sys.exit(exc.exit_code)
