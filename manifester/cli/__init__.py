@@ -15,6 +15,7 @@ from typing import Any
 
 import click
 
+from ..config import load_config_file
 from ..errors import ManifesterError
 from . import api, build, run, server
 
@@ -23,7 +24,15 @@ __all__ = ["cli", "main"]
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.version_option(package_name="manifester")
-def cli() -> None:
+@click.option(
+    "--config",
+    "config_path",
+    type=click.Path(dir_okay=False),
+    default=None,
+    help="TOML config file ([theos] settings, and one table of defaults per command). Env: MANIFESTER_CONFIG.",
+)
+@click.pass_context
+def cli(ctx: click.Context, config_path: str | None) -> None:
     """Move image collections from S3, GCS or local folders into Theos datasets.
 
     \b
@@ -31,6 +40,11 @@ def cli() -> None:
       manifester build s3://photos/cats --out manifests/
       manifester migrate s3://photos/cats --dataset Cats
     """
+    # Precedence is flag > environment > config file > default: click applies flags and
+    # envvars itself, and default_map supplies the config file's values below them.
+    config = load_config_file(config_path)
+    ctx.obj = {"config": config}
+    ctx.default_map = {name: table for name, table in config.items() if name != "theos"}
 
 
 for _module in (build, server, api, run):
