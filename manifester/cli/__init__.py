@@ -10,12 +10,13 @@ each module exposes ``commands``, a list of click commands or groups.
 
 from __future__ import annotations
 
+import logging
 import sys
 from typing import Any
 
 import click
 
-from ..config import load_config_file
+from ..config import env, load_config_file
 from ..errors import ManifesterError
 from . import api, build, run, server
 
@@ -52,8 +53,27 @@ for _module in (build, server, api, run):
         cli.add_command(_command)
 
 
+def _configure_logging() -> None:
+    """Library warnings (retries, skipped objects) go to stderr as one readable line each.
+
+    The library only logs to ``logging.getLogger("manifester...")`` and never configures
+    handlers itself (that is the application's choice); the CLI is the application here.
+    ``MANIFESTER_LOG=debug`` shows more.
+    """
+    level_name = (env("MANIFESTER_LOG") or "warning").upper()
+    level = getattr(logging, level_name, logging.WARNING)
+    logger = logging.getLogger("manifester")
+    if not logger.handlers:
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("%(levelname)s: %(message)s"))
+        logger.addHandler(handler)
+    logger.setLevel(level)
+    logger.propagate = False
+
+
 def main(argv: list[str] | None = None) -> Any:
     """Console-script entry point: run the CLI, turning library errors into clean exits."""
+    _configure_logging()
     try:
         return cli.main(args=argv, prog_name="manifester", standalone_mode=False)
     except ManifesterError as exc:
