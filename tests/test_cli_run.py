@@ -1,0 +1,108 @@
+"""`manifester migrate` / `manifester ingest` on the command line: JSON, exit codes, config file."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from manifester.cli import main
+from manifester.ledger import Ledger
+from tests.support.storage_servers import S3Server, unique_bucket_name
+from tests.test_migrate import PHOTOS, theos  # noqa: F401
+
+_ = theos
+
+
+def run_cli(args: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
+    try:
+        main(args)
+        code = 0
+    except SystemExit as exc:
+        code = int(exc.code or 0)
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+@pytest.fixture
+def setup(s3_env: S3Server, theos: Any, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> dict[str, str]:  # noqa: F811
+    bucket = unique_bucket_name("cli")
+    s3_env.seed_dir(bucket, PHOTOS / "animals")
+    store = unique_bucket_name("climanifests")
+    s3_env.make_bucket(store)
+    monkeypatch.setenv("THEOS_API_URL", theos.url)
+    monkeypatch.setenv("THEOS_PROJECT_KEY", theos.project_key)
+    monkeypatch.setenv("THEOS_API_TOKEN", theos.token)
+    return {"bucket": bucket, "store": store, "state": str(tmp_path / "l.sqlite"), "token": theos.token}
+
+
+def test_migrate_json_then_ingest_from_config_says_nothing_new(
+    setup: dict[str, str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, out, err = run_cli(
+        ["migrate", f"s3://{setup['bucket']}", "--dataset", "Cli", "--manifest-store", f"s3://{setup['store']}/m",
+         "--state", setup["state"], "--canary", "2", "--json"],
+        capsys,
+    )
+    assert code == 0, err
+    summary = json.loads(out)
+    assert summary["ok"] and summary["created"] > 0 and summary["failed"] == []
+    assert setup["token"] not in out + err
+
+    config = tmp_path / "manifester.toml"
+    config.write_text(
+        f'[ingest]\nsource = "s3://{setup["bucket"]}"\ndataset_id = "{summary["dataset_id"]}"\n'
+        f'manifest_store = "s3://{setup["store"]}/m"\nstate = "{setup["state"]}"\n'
+    )
+    code, out, err = run_cli(["--config", str(config), "ingest"], capsys)
+    assert code == 0, err
+    assert out.startswith("nothing new")
+
+
+def test_dry_run_prints_the_plan(setup: dict[str, str], capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, _ = run_cli(
+        ["migrate", f"s3://{setup['bucket']}", "--dataset", "Plan", "--manifest-store", f"s3://{setup['store']}/m",
+         "--state", setup["state"], "--dry-run", "--split", "train=50,valid=50"],
+        capsys,
+    )
+    assert code == 0
+    assert "dry run" in out and "to send:" in out and "URL lifetime" in out and "would be created" in out
+    assert not Path(setup["state"]).exists()
+
+
+@pytest.mark.parametrize(
+    ("args", "needle", "exit_code"),
+    [
+        (["ingest", "s3://b", "--manifest-store", "s3://m"], "ingest needs --dataset-id", 2),
+        (["ingest", "--dataset-id", "1", "--manifest-store", "s3://m"], "no SOURCE given", 2),
+        (["migrate", "s3://b", "--manifest-store", "s3://m"], "--dataset NAME or --dataset-id", 2),
+        (["migrate", "s3://b", "--dataset", "a", "--dataset-id", "1"], "not both", 2),
+        (["migrate", "s3://b", "--dataset", "a"], "needs --manifest-store", 2),
+        (["migrate", "s3://b", "--dataset", "a", "--manifest-store", "s3://m", "--url-lifetime", "soon"],
+         "--url-lifetime", 2),
+        (["migrate", "s3://b", "--dataset", "a", "--manifest-store", "s3://m", "--canary", "-1"], "--canary", 2),
+    ],
+)
+def test_bad_flags_are_one_clear_line(
+    args: list[str], needle: str, exit_code: int, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    code, out, err = run_cli([*args, "--state", str(tmp_path / "l.sqlite")], capsys)
+    assert code == exit_code
+    assert needle in err and "Traceback" not in err
+
+
+def test_locked_ledger_exits_with_a_clear_message(setup: dict[str, str], capsys: pytest.CaptureFixture[str]) -> None:
+    holder = Ledger.open(setup["state"])
+    holder.acquire()
+    try:
+        code, _, err = run_cli(
+            ["ingest", f"s3://{setup['bucket']}", "--dataset-id", "1", "--manifest-store", f"s3://{setup['store']}/m",
+             "--state", setup["state"]],
+            capsys,
+        )
+    finally:
+        holder.close()
+    assert code == 1
+    assert err.startswith("error: another manifester run holds the lock") and "hint:" in err
