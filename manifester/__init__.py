@@ -48,9 +48,9 @@ __version__ = "0.1.0"
 
 # name -> module that defines it; resolved lazily by __getattr__ below.
 _LAZY: dict[str, str] = {
-    "build": "build",
-    "BuildOptions": "build",
-    "Plan": "build",
+    "build": "builder",
+    "BuildOptions": "builder",
+    "Plan": "builder",
     "migrate": "pipeline",
     "ingest": "pipeline",
     "Summary": "pipeline",
@@ -102,7 +102,7 @@ def __dir__() -> list[str]:
 
 
 if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
-    from .build import BuildOptions, Plan, build
+    from .builder import BuildOptions, Plan, build
     from .pipeline import Summary, ingest, migrate
     from .server import start_server
     from .storage import open_storage

@@ -1,7 +1,7 @@
 """``migrate`` and ``ingest``: from a bucket to a Theos dataset, resumable and incremental.
 
 One orchestrator runs the stages, each in its own module (scan/split/ids/validate via
-:mod:`manifester.build`, :mod:`manifester.publish`, :mod:`manifester.upload`) and
+:mod:`manifester.builder`, :mod:`manifester.publish`, :mod:`manifester.upload`) and
 records every step in the :mod:`ledger <manifester.ledger>`. A run:
 
 1. takes the ledger's lock (a second concurrent run gets :class:`LockedError`);
@@ -227,11 +227,11 @@ class _RememberingStorage:
 def _candidates(storage: Storage, options: Any, stats: Any = None) -> Iterator[NewObject]:
     """Every object ``build`` would put in a manifest: key, etag, split, external_id.
 
-    The scan, filter, split, external-id and validation rules are :mod:`manifester.build`'s
+    The scan, filter, split, external-id and validation rules are :mod:`manifester.builder`'s
     (``iter_entries``); URLs are not made here but per shard, just in time, so the
     build runs with placeholder URLs.
     """
-    from .build import iter_entries
+    from .builder import iter_entries
     from .scan import ScanStats
     from .urls import encode_key
 
@@ -611,7 +611,7 @@ def _run(
             f"{kind} needs --manifest-store (an s3:// or gs:// prefix the Theos server can download manifests from)",
             hint="e.g. --manifest-store s3://my-bucket/theos-manifests",
         )
-    from .build import BuildOptions
+    from .builder import BuildOptions
 
     storage = open_storage(source)
     expires = build_options.pop("expires", None)

@@ -175,7 +175,7 @@ def test_migrate_seaweedfs_every_image_once_then_rerun_sends_nothing(photos_s3: 
     assert len(content) == N_IMAGES == len({e for e, _ in content})
     assert content == ledger_content(state, summary.dataset_id)
     # the same external ids and splits as `build` computes
-    from manifester.build import build
+    from manifester.builder import build
 
     plan = build(f"s3://{bucket}", out=tmp_path / "built")
     built = sorted(

@@ -1,0 +1,136 @@
+"""`manifester build` on the command line: output, --json, and clean one-line errors."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from manifester.cli import main
+
+REPO = Path(__file__).resolve().parent.parent
+PHOTOS = REPO / "sample_buckets" / "photos"
+TEMPLATE = "https://cdn.example.com/{key}"
+
+
+def run(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
+    """Run the console entry point in-process; returns (exit code, stdout, stderr)."""
+    try:
+        main(argv)
+        code = 0
+    except SystemExit as exc:
+        code = exc.code if isinstance(exc.code, int) else 1
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def assert_clean_error(code: int, err: str, *needles: str) -> None:
+    assert code != 0
+    assert "Traceback" not in err
+    lines = err.strip().splitlines()
+    assert lines and lines[0].startswith("error: ")
+    assert len(lines) <= 3, err  # the message, plus at most a hint line
+    for needle in needles:
+        assert needle in lines[0], (needle, err)
+
+
+def test_help_has_an_example(capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, _ = run(["build", "--help"], capsys)
+    assert code == 0 and "manifester build s3://" in out and "--url-template" in out
+
+
+def test_build_local_human_and_json(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, err = run(
+        ["build", str(PHOTOS), "--out", str(tmp_path / "o"), "--url-template", TEMPLATE, "--max-entries", "10",
+         "--exclude", "animals/**", "--seed", "x"],
+        capsys,
+    )
+    assert code == 0, err
+    assert "manifest-00001.json" in out and "skipped" in out and "excluded" in out and "train" in out
+    code, out, err = run(
+        ["build", str(PHOTOS), "--out", str(tmp_path / "j"), "--url-template", TEMPLATE, "--json",
+         "--split", "train=1,test=1", "--external-id", "key", "--extensions", "png"],
+        capsys,
+    )
+    assert code == 0, err
+    plan = json.loads(out)
+    assert plan == json.loads((tmp_path / "j" / "plan.json").read_text())
+    assert plan["options"]["split"] == "train=1,valid=0,test=1" and plan["counts"]["valid"] == 0
+    entries = json.loads((tmp_path / "j" / "manifest-00001.json").read_text())
+    assert all(e["external_id"].lower().endswith(".png") for e in entries)
+
+
+def test_build_s3_via_environment(s3_env: Any, bucket_name: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    s3_env.make_bucket(bucket_name, {"a/x y.jpg": b"1", "a/z.png": b"22", "b.txt": b"3"})
+    code, out, err = run(["build", f"s3://{bucket_name}/a/", "--out", str(tmp_path), "--expires", "15m", "--json"], capsys)
+    assert code == 0, err
+    plan = json.loads(out)
+    assert plan["totals"]["entries"] == 2 and plan["options"]["expires"] == 900
+    urls = [e["url"] for e in json.loads((tmp_path / "manifest-00001.json").read_text())]
+    assert "/a/x%20y.jpg?" in urls[0] and "X-Amz-Expires=900" in urls[0]
+
+
+@pytest.mark.parametrize(
+    ("args", "needles"),
+    [
+        (["ftp://host/path"], ["unknown source scheme 'ftp'"]),
+        ([str(PHOTOS), "--split", "train=80,valid=ten"], ["--split", "'ten'"]),
+        ([str(PHOTOS), "--split", "train=-5"], ["--split"]),
+        ([str(PHOTOS), "--group-by", "(oops"], ["--group-by", "'(oops'"]),
+        ([str(PHOTOS), "--max-entries", "100001"], ["--max-entries"]),
+        ([str(PHOTOS), "--max-bytes", "100000001"], ["--max-bytes"]),
+        ([str(PHOTOS), "--expires", "soon"], ["--expires", "'soon'"]),
+        ([str(PHOTOS)], ["needs --url-template"]),
+        ([str(PHOTOS), "--url-template", "ftp://x/{key}"], ["--url-template"]),
+        (["/definitely/not/here", "--url-template", TEMPLATE], ["/definitely/not/here"]),
+    ],
+)
+def test_bad_input_is_one_clean_line(
+    args: list[str], needles: list[str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, _, err = run(["build", *args, "--out", str(tmp_path / "out")], capsys)
+    assert_clean_error(code, err, *needles)
+    assert not list((tmp_path / "out").glob("manifest-*.json")) if (tmp_path / "out").exists() else True
+
+
+def test_output_dir_not_writable(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    blocker = tmp_path / "a-file"
+    blocker.write_text("x")
+    code, _, err = run(["build", str(PHOTOS), "--out", str(blocker / "out"), "--url-template", TEMPLATE], capsys)
+    assert_clean_error(code, err, "--out", str(blocker / "out"))
+    if os.geteuid() != 0:  # root ignores permission bits
+        ro = tmp_path / "ro"
+        ro.mkdir(mode=0o500)
+        code, _, err = run(["build", str(PHOTOS), "--out", str(ro), "--url-template", TEMPLATE], capsys)
+        assert_clean_error(code, err, "not writable", str(ro))
+
+
+def test_missing_bucket(s3_env: Any, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code, _, err = run(["build", "s3://no-such-bucket-manifester", "--out", str(tmp_path)], capsys)
+    assert_clean_error(code, err, "no-such-bucket-manifester")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_no_credentials(s3_env: Any, monkeypatch: pytest.MonkeyPatch, bucket_name: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    s3_env.make_bucket(bucket_name, {"a.jpg": b"1"})
+    monkeypatch.delenv("AWS_ACCESS_KEY_ID", raising=False)
+    monkeypatch.delenv("AWS_SECRET_ACCESS_KEY", raising=False)
+    code, _, err = run(["build", f"s3://{bucket_name}", "--out", str(tmp_path)], capsys)
+    assert_clean_error(code, err)
+    assert "credential" in err.lower()
+    assert s3_env.secret_key not in err
+
+
+def test_real_process_exit_code_and_no_traceback(tmp_path: Path) -> None:
+    proc = subprocess.run(
+        [sys.executable, "-c", "from manifester.cli import main; main()", "build", str(PHOTOS),
+         "--out", str(tmp_path), "--split", "train=80,valid=10,tst=10", "--url-template", TEMPLATE],
+        capture_output=True, text=True, cwd=REPO,
+    )
+    assert proc.returncode == 2
+    assert_clean_error(proc.returncode, proc.stderr, "'tst'")
