@@ -304,8 +304,11 @@ def start_seaweedfs(tmpdir: str | os.PathLike[str], *, timeout: float = 90.0) ->
         f"-master.port={master}",
         f"-master.port.grpc={master + 10000}",
         "-master.telemetry=false",  # never phone home from tests
-        "-master.volumeSizeLimitMB=64",
-        "-volume.max=20",
+        # Every bucket is a SeaweedFS collection that grows its own volumes, so a session
+        # that makes dozens of buckets needs many (sparse, small) volumes: with the old
+        # limit of 20, PutObject failed with InternalError after a few buckets.
+        "-master.volumeSizeLimitMB=16",
+        "-volume.max=1000",
         f"-volume.port={volume}",
         f"-volume.port.grpc={volume + 10000}",
         "-filer",
