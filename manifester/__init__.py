@@ -22,6 +22,7 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
+from . import errors
 from .errors import (
     AuthError,
     BadRequestError,
@@ -63,29 +64,7 @@ _LAZY: dict[str, str] = {
     "start_server": "server",
 }
 
-__all__ = [
-    "__version__",
-    *_LAZY,
-    "ManifesterError",
-    "ConfigError",
-    "MissingExtraError",
-    "SourceError",
-    "SourceNotFoundError",
-    "CredentialsError",
-    "ValidationError",
-    "ShardError",
-    "PublishError",
-    "TheosError",
-    "AuthError",
-    "NotFoundError",
-    "BadRequestError",
-    "BusyError",
-    "TransientError",
-    "TaskFailedError",
-    "LedgerError",
-    "LockedError",
-    "Interrupted",
-]
+__all__ = ["__version__", *_LAZY, *errors.__all__]
 
 
 def __getattr__(name: str) -> Any:
