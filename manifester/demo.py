@@ -9,8 +9,9 @@ It starts, on 127.0.0.1 only:
 
 then runs ``manifester migrate s3://photos --dataset Demo --manifest-store
 s3://manifests/theos`` through the real command line (progress bars included), prints
-the dataset's counts per split and where everything is, and stops both servers, also
-when something fails. Nothing leaves the machine. Requires the ``dev`` extra (moto)
+the dataset's counts per split, runs the same command again to show that nothing is sent
+twice, and stops both servers, also when something fails. The ledger and the server's
+data are kept in a temporary folder whose path is printed. Nothing leaves the machine. Requires the ``dev`` extra (moto)
 and the ``server`` extra.
 """
 
@@ -18,7 +19,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import shutil
 import socket
 import sys
 import tempfile
@@ -69,12 +69,26 @@ def _seed(endpoint: str, samples: Path) -> int:
     return count
 
 
+def _cli(args: list[str]) -> int:
+    """Run the real command line in this process; its exit code."""
+    from .cli import main as cli_main
+
+    print("$ manifester " + " ".join(args), flush=True)
+    try:
+        cli_main(args)
+    except SystemExit as exc:
+        return exc.code if isinstance(exc.code, int) else 1
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the demo; returns the migration's exit code.
 
+    The servers are stopped at the end; the ledger and the local Theos server's data are
+    kept (and their folder printed) so that what the demo says can be checked afterwards.
+
     >>> main()   # doctest: +SKIP
     """
-    from .cli import main as cli_main
     from .server import start_server
     from .theos import TheosClient
 
@@ -83,6 +97,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"demo: sample images not found at {samples}", file=sys.stderr)
         return 2
     workdir = Path(tempfile.mkdtemp(prefix="manifester-demo-"))
+    ledger = workdir / "ledger.sqlite"
     code = 1
     try:
         with _s3_server() as endpoint:
@@ -105,32 +120,31 @@ def main(argv: list[str] | None = None) -> int:
                 print()
                 args = [
                     "migrate", "s3://photos", "--dataset", "Demo", "--manifest-store", "s3://manifests/theos",
-                    "--state", str(workdir / "ledger.sqlite"), "--canary", "5", "--max-entries", "10", "--progress",
+                    "--state", str(ledger), "--canary", "5", "--max-entries", "10", "--progress",
                 ]
-                print("$ manifester " + " ".join(args))
-                try:
-                    cli_main(args)
-                    code = 0
-                except SystemExit as exc:
-                    code = int(exc.code or 0)
+                code = _cli(args)
                 with TheosClient() as client:
                     dataset = client.find_dataset("Demo")
                     if dataset is not None:
+                        counts = ", ".join(f"{s} {dataset.counts.get(s, 0)}" for s in ("train", "valid", "test"))
                         print()
-                        print(f"dataset {dataset.name!r} (id {dataset.id}): " + ", ".join(
-                            f"{split} {dataset.counts.get(split, 0)}" for split in ("train", "valid", "test")
-                        ))
+                        print(f"dataset {dataset.name!r} (id {dataset.id}): {counts}")
+                        if code == 0:  # every candidate is in: the difference is what the filters skipped
+                            print(f"  ({n - dataset.total} of the {n} files are empty or not images: skipped, as `build` does)")
                         for example in list(client.iter_examples(dataset.id, "valid"))[:3]:
                             print(f"  valid example {example.id}: external_id {example.external_id}")
-                print()
-                print(f"ledger: {workdir / 'ledger.sqlite'} (runs, shards, objects; inspect with sqlite3)")
-                print("run it again: `manifester migrate ...` with the same --state sends nothing new")
+                if code == 0:
+                    print()
+                    print("the same command again finds everything in the ledger and sends nothing:")
+                    code = _cli(args[:-1] + ["--no-progress"])
     finally:
-        if code == 0:
-            shutil.rmtree(workdir, ignore_errors=True)
-            print("servers stopped; temporary files removed")
-        else:
-            print(f"servers stopped; files kept in {workdir}", file=sys.stderr)
+        print()
+        print("servers stopped" + ("" if code == 0 else f"; the migration exited with code {code}"))
+        if ledger.exists():
+            print(f"kept: the ledger {ledger}; inspect it with")
+            print(f"  sqlite3 {ledger} 'SELECT idx, kind, state, entries, task_id FROM shards'")
+        print(f"kept: the local Theos server's data in {workdir / 'theos'}")
+        print(f"remove both with: rm -rf {workdir}")
     return code
 
 

@@ -64,7 +64,17 @@ def external_id_for(uri: str, key: str, mode: ExternalIdMode = "uri") -> str:
 def external_ids_for(uris: Sequence[str], keys: Sequence[str], mode: ExternalIdMode = "uri") -> list[str]:
     """Batch form of :func:`external_id_for`."""
     if mode == "uri":
-        return [_uuid5(u) for u in uris]
+        # _uuid5 inlined, hashing the namespace once and copying that state per name.
+        ns = hashlib.sha1(_NS)
+        copy, variant = ns.copy, _VARIANT
+        out: list[str] = []
+        append = out.append
+        for uri in uris:
+            state = copy()
+            state.update(uri.encode("utf-8", "surrogatepass"))
+            h = state.hexdigest()
+            append(f"{h[:8]}-{h[8:12]}-5{h[13:16]}-{variant[h[16]]}{h[17:20]}-{h[20:32]}")
+        return out
     if mode == "key":
         return list(keys)
     _check_mode(mode)

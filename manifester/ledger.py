@@ -199,7 +199,7 @@ def _shard(row: sqlite3.Row) -> ShardRow:
 
 
 def _object(row: sqlite3.Row) -> ObjectRow:
-    return ObjectRow(**{k: row[k] for k in ObjectRow.__slots__})  # type: ignore[attr-defined]
+    return ObjectRow(**{k: row[k] for k in ObjectRow.__slots__})
 
 
 class Ledger:

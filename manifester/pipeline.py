@@ -37,11 +37,11 @@ import signal
 import tempfile
 import threading
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, cast
 from urllib.parse import unquote, urlsplit
 
 from .config import default_state_path
@@ -54,11 +54,20 @@ from .errors import (
     TaskFailedError,
 )
 from .ledger import PRESENT, Ledger, NewObject, ObjectRow, ShardRow
-from .publish import MAX_BYTES, MAX_ENTRIES, LifetimePolicy, PublishedShard, Publisher, ShardItem, parse_duration
+from .publish import (
+    LifetimePolicy,
+    PublishedShard,
+    Publisher,
+    ShardItem,
+    parse_duration,
+)
 from .records import SPLITS, StorageObject
 from .storage import open_storage
 from .storage.base import Storage
 from .upload import TaskOutcome, follow, redact, submit
+
+if TYPE_CHECKING:
+    from .urls import UrlMode
 
 __all__ = ["Summary", "PlanReport", "FailedObject", "migrate", "ingest"]
 
@@ -322,11 +331,11 @@ class _Run:
         self.poll_interval = 1.0
 
     # ------------------------------------------------------------ scan
-    def record_candidates(self, *, dry_run: bool = False) -> tuple[dict[str, int], int, list[int]]:
-        """Record new objects as pending (or only count them in a dry run).
+    def record_candidates(self, *, dry_run: bool = False) -> tuple[dict[str, int], list[int]]:
+        """Record the objects not yet in the dataset as pending (a dry run only counts them).
 
-        Returns (new per split, estimated manifest bytes of the new ones, entry sizes
-        for shard estimation is skipped: we return sizes only in dry runs).
+        Returns the new objects per split and, in a dry run, the length of each one's
+        key + external id + split (for the manifest-bytes estimate).
         """
         per_split: dict[str, int] = {}
         sizes: list[int] = []
@@ -368,7 +377,7 @@ class _Run:
                 flush()
         if batch:
             flush()
-        return per_split, 0, sizes
+        return per_split, sizes
 
     # ------------------------------------------------------------ resume
     def resume_unfinished(self) -> None:
@@ -537,9 +546,8 @@ class _Run:
             if match is not None:
                 failures[match.id] = f.error
         canary = shard.kind == "canary"
-        retry, failed = self.ledger.mark_done(
-            shard.id, outcome.summary(), failures, max_attempts=10**9 if canary else 2
-        )
+        # a canary's failures stay queued whatever their attempts: the run stops below, the next run retries
+        self.ledger.mark_done(shard.id, outcome.summary(), failures, max_attempts=10**9 if canary else 2)
         duplicates = outcome.duplicates or 0
         created = outcome.created if outcome.created is not None else len(objects) - len(failures) - duplicates
         self.created += created
@@ -582,23 +590,24 @@ def _run(
     kind: Literal["migrate", "ingest"],
     source: str,
     *,
-    dataset: str | None,
-    dataset_id: str | int | None,
-    manifest_store: str | None,
-    state: str | Path | None,
-    canary: int,
-    dry_run: bool,
-    stop_remote: bool,
-    client: Any,
-    progress: bool,
-    url_lifetime: str | int | None,
-    urls: str | None,
-    url_template: str | None,
-    manifest_base_url: str | None,
-    changed: str,
-    poll_interval: float,
-    build_options: dict[str, Any],
+    dataset: str | None = None,
+    dataset_id: str | int | None = None,
+    manifest_store: str | None = None,
+    state: str | Path | None = None,
+    canary: int = 20,
+    dry_run: bool = False,
+    stop_remote: bool = False,
+    client: Any = None,
+    progress: bool = True,
+    url_lifetime: str | int | None = None,
+    urls: str | None = None,
+    url_template: str | None = None,
+    manifest_base_url: str | None = None,
+    changed: Literal["skip", "resend"] = "skip",
+    poll_interval: float = 1.0,
+    **build_options: Any,
 ) -> Summary:
+    """The one implementation behind :func:`migrate` and :func:`ingest` (their options, their defaults)."""
     started = time.monotonic()
     if (dataset is None) == (dataset_id is None):
         raise ConfigError(f"{kind}: give exactly one of --dataset NAME or --dataset-id ID", hint="e.g. --dataset Cats")
@@ -624,7 +633,7 @@ def _run(
     store = open_storage(manifest_store) if manifest_store else None
     publisher = (
         Publisher(
-            storage, store, urls=urls, url_template=options.url_template, manifest_base_url=manifest_base_url,
+            storage, store, urls=cast("UrlMode", options.urls), url_template=options.url_template, manifest_base_url=manifest_base_url,
             max_bytes=max_bytes, store_uri=manifest_store,
         )
         if store is not None
@@ -725,7 +734,7 @@ def _summary(run: _Run, started: float, ledger_path: str) -> Summary:
 
 
 def _dry_run(run: _Run, started: float, exists: bool | None, ledger_path: str) -> Summary:
-    per_split, _, sizes = run.record_candidates(dry_run=True)
+    per_split, sizes = run.record_candidates(dry_run=True)
     queued, _ = run.ledger.count_to_send(run.dataset_id)
     for split, n in run.ledger.split_counts_to_send(run.dataset_id).items():
         per_split[split] = per_split.get(split, 0) + n
@@ -777,78 +786,36 @@ def _dry_run(run: _Run, started: float, exists: bool | None, ledger_path: str) -
     )
 
 
-def migrate(
-    source: str,
-    *,
-    dataset: str | None = None,
-    dataset_id: str | int | None = None,
-    manifest_store: str | None = None,
-    state: str | Path | None = None,
-    canary: int = 20,
-    dry_run: bool = False,
-    stop_remote: bool = False,
-    client: Any = None,
-    progress: bool = True,
-    url_lifetime: str | int | None = None,
-    urls: str | None = None,
-    url_template: str | None = None,
-    manifest_base_url: str | None = None,
-    changed: Literal["skip", "resend"] = "skip",
-    poll_interval: float = 1.0,
-    **build_options: Any,
-) -> Summary:
+def migrate(source: str, *, dataset: str | None = None, dataset_id: str | int | None = None, **options: Any) -> Summary:
     """Move every image of ``source`` into a Theos dataset; resumable, never sending twice.
 
-    ``dataset`` (a name: found or created) or ``dataset_id`` (must exist); ``manifest_store``
-    an ``s3://``/``gs://`` prefix for the manifests; ``state`` the ledger path (default
-    under the user's state directory); every ``build`` option (``split``, ``include``,
-    ``max_entries``, ...) applies. Credentials: ``THEOS_PROJECT_KEY``/``THEOS_API_TOKEN``
-    or pass ``client``.
+    ``dataset`` (a name: found or created) or ``dataset_id`` (must exist). Options:
+    ``manifest_store`` (an ``s3://``/``gs://`` prefix for the manifests; required unless
+    ``dry_run``), ``state`` (the ledger path; default under the user's state directory),
+    ``canary=20``, ``dry_run=False``, ``stop_remote=False``, ``client`` (a
+    :class:`~manifester.theos.TheosClient`; default: from ``THEOS_*``), ``progress=True``,
+    ``url_lifetime`` (fixes it; default: computed), ``urls``/``url_template``,
+    ``manifest_base_url``, ``changed="skip"|"resend"``, ``poll_interval=1.0``, and every
+    ``build`` option (``split``, ``include``, ``max_entries``, ...).
 
     >>> s = migrate("s3://photos/cats", dataset="Cats", manifest_store="s3://manifests/theos")  # doctest: +SKIP
     >>> s.ok, s.created, [f.key for f in s.failed]                                               # doctest: +SKIP
     (True, 1200, [])
     """
-    return _run(
-        "migrate", source, dataset=dataset, dataset_id=dataset_id, manifest_store=manifest_store, state=state,
-        canary=canary, dry_run=dry_run, stop_remote=stop_remote, client=client, progress=progress,
-        url_lifetime=url_lifetime, urls=urls, url_template=url_template, manifest_base_url=manifest_base_url,
-        changed=changed, poll_interval=poll_interval, build_options=build_options,
-    )
+    return _run("migrate", source, dataset=dataset, dataset_id=dataset_id, **options)
 
 
-def ingest(
-    source: str,
-    *,
-    dataset_id: str | int,
-    manifest_store: str | None = None,
-    state: str | Path | None = None,
-    canary: int = 20,
-    dry_run: bool = False,
-    stop_remote: bool = False,
-    client: Any = None,
-    progress: bool = True,
-    url_lifetime: str | int | None = None,
-    urls: str | None = None,
-    url_template: str | None = None,
-    manifest_base_url: str | None = None,
-    changed: Literal["skip", "resend"] = "skip",
-    poll_interval: float = 1.0,
-    **build_options: Any,
-) -> Summary:
+def ingest(source: str, *, dataset_id: str | int, **options: Any) -> Summary:
     """Send only the objects of ``source`` not yet in dataset ``dataset_id`` (the scheduled job).
 
-    Safe to run every few minutes: a lock refuses a concurrent run on the same ledger;
-    ``summary.nothing_new`` tells that there was nothing to do. A changed ETag is
-    re-sent only with ``changed="resend"``.
+    Takes every option of :func:`migrate`. Safe to run every few minutes: a lock refuses
+    a concurrent run on the same ledger; ``summary.nothing_new`` tells that there was
+    nothing to do. A changed ETag is re-sent only with ``changed="resend"``.
 
     >>> s = ingest("s3://photos/incoming", dataset_id="42", manifest_store="s3://manifests/theos")  # doctest: +SKIP
     >>> s.nothing_new                                                                                # doctest: +SKIP
     True
     """
-    return _run(
-        "ingest", source, dataset=None, dataset_id=dataset_id, manifest_store=manifest_store, state=state,
-        canary=canary, dry_run=dry_run, stop_remote=stop_remote, client=client, progress=progress,
-        url_lifetime=url_lifetime, urls=urls, url_template=url_template, manifest_base_url=manifest_base_url,
-        changed=changed, poll_interval=poll_interval, build_options=build_options,
-    )
+    if "dataset" in options:
+        raise ConfigError("ingest takes dataset_id, not dataset", hint="create the dataset first, or use migrate")
+    return _run("ingest", source, dataset_id=dataset_id, **options)

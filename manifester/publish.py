@@ -34,6 +34,7 @@ from urllib.parse import quote
 from .errors import ConfigError, ManifesterError, PublishError, ShardError
 from .shard import MAX_BYTES, MAX_ENTRIES
 from .storage.base import Storage
+from .urls import UrlMode
 
 __all__ = [
     "MAX_ENTRIES",
@@ -121,7 +122,7 @@ class Publisher:
         source: Storage,
         store: Storage,
         *,
-        urls: str = "presigned",
+        urls: UrlMode = "presigned",
         url_template: str | None = None,
         manifest_base_url: str | None = None,
         max_bytes: int = MAX_BYTES,

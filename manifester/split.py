@@ -195,13 +195,17 @@ class Splitter:
         """The splits of many keys; the same as ``[assign(k) for k in keys]``, faster."""
         if self.from_path or self._group is not None:
             return [self.assign(k) for k in keys]
-        # Plain hashing: inline the loop body to save a method call per key.
-        prefix, sha, thresholds, frombytes = self._prefix, hashlib.sha256, self._thresholds, int.from_bytes
-        right, names = bisect.bisect_right, SPLITS
-        return [
-            names[right(thresholds, frombytes(sha(prefix + k.encode("utf-8", "surrogatepass")).digest()[:8], "big") % BUCKETS)]
-            for k in keys
-        ]
+        # Plain hashing: inline the loop body to save a method call per key, and hash the
+        # seed prefix once, copying that state per key (same digest as hashing prefix + key).
+        copy = hashlib.sha256(self._prefix).copy
+        thresholds, frombytes, right, names = self._thresholds, int.from_bytes, bisect.bisect_right, SPLITS
+        out: list[str] = []
+        append = out.append
+        for k in keys:
+            state = copy()
+            state.update(k.encode("utf-8", "surrogatepass"))
+            append(names[right(thresholds, frombytes(state.digest()[:8], "big") % BUCKETS)])
+        return out
 
 
 def compile_group_by(pattern: str | None) -> re.Pattern[str] | None:

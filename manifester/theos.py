@@ -368,6 +368,12 @@ class Task:
     def from_json(cls, task_id: str, data: Any, endpoint: str = "the API") -> Task:
         """Parse a task object; missing fields default, ``progress`` is flattened."""
         obj = _require_object(data, endpoint, "a task")
+        if not {"state", "status", "complete", "progress"} & obj.keys():
+            # read as PENDING, such an answer would be polled forever (a wrong URL or proxy, not a task)
+            raise TheosError(
+                f"unexpected answer from {endpoint}: task {task_id} has no state (got keys {sorted(obj)[:8]})",
+                hint="check THEOS_API_URL points at the Theos API",
+            )
         state = _as_str(obj.get("state") or obj.get("status"), "PENDING").upper()
         progress = obj.get("progress")
         progress = progress if isinstance(progress, dict) else {}

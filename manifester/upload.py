@@ -26,13 +26,13 @@ go back to the queue).
 from __future__ import annotations
 
 import random
-import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 from .errors import BusyError, TaskFailedError, TransientError
+from .theos import redact_urls
 
 __all__ = [
     "ImageFailure",
@@ -43,16 +43,8 @@ __all__ = [
     "redact",
 ]
 
-_SIGNED_QUERY = re.compile(r"(https?://[^\s?\"'<>]+)\?[^\s\"'<>]*")
-
-
-def redact(text: str) -> str:
-    """Remove query strings (signatures) from every URL in ``text``.
-
-    >>> redact("403 for https://h/b/k.jpg?X-Amz-Signature=abc")
-    '403 for https://h/b/k.jpg?<redacted>'
-    """
-    return _SIGNED_QUERY.sub(r"\1?<redacted>", text)
+# one redaction rule for the whole package: the API client's (re-exported here for the pipeline)
+redact = redact_urls
 
 
 class _Client(Protocol):  # the part of TheosClient this module uses
@@ -170,7 +162,7 @@ def submit(
                 ) from None
             if on_wait is not None:
                 on_wait(delay)
-            sleep(delay * random.uniform(0.8, 1.2))  # noqa: S311 - jitter, not crypto
+            sleep(delay * random.uniform(0.8, 1.2))  # jitter, not crypto
             delay = min(delay * 2, 60.0)
             continue
         on_task_id(str(task_id))

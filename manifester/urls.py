@@ -9,7 +9,8 @@ Three modes, each a batch function ``keys -> urls`` (a :data:`UrlMaker`):
   local folders. Fields: ``{key}`` the key percent-encoded with ``/`` kept
   (``urllib.parse.quote(key, safe="/~")``: spaces, unicode, ``+``, ``%``, ``#`` and ``?``
   are all encoded), ``{key_raw}`` the key as is (only for templates that encode it
-  themselves), ``{bucket}`` the bucket name (the folder path for local sources).
+  themselves), ``{bucket}`` the bucket name (for local sources the folder path,
+  percent-encoded like ``{key}``).
 
 Also :func:`parse_duration` for ``--expires`` values such as ``90s``, ``15m``, ``24h``, ``7d``.
 """
@@ -96,6 +97,8 @@ def encode_key(key: str) -> str:
 
 # Shared on purpose: it is a pure cache of a fixed function, so sharing it is safe.
 _ENCODER = _Encoder()
+#: Text that encode_key() leaves as it is (the characters _Encoder keeps).
+_UNCHANGED = re.compile(r"[A-Za-z0-9\-._~/]*")
 
 
 def check_template(template: str) -> str:
@@ -130,7 +133,7 @@ def render_template(template: str, key: str, bucket: str = "") -> str:
     >>> render_template("https://cdn.example.com/{bucket}/{key}", "a b/ü.jpg", "photos")
     'https://cdn.example.com/photos/a%20b/%C3%BC.jpg'
     """
-    return template.format(key=encode_key(key), key_raw=key, bucket=bucket)
+    return template.format(key=encode_key(key), key_raw=key, bucket=encode_key(bucket))
 
 
 def make_url_maker(
@@ -150,16 +153,21 @@ def make_url_maker(
         if template is None:
             raise ConfigError("--urls template needs --url-template", hint="pass --url-template 'https://host/{key}'")
         check_template(template)
+        # Bucket names are URL-safe already; a local folder's path (its "bucket") may not be.
         bucket = storage.bucket
         needs_raw = "{key_raw}" in template
         # Split the template once so each URL is a plain concatenation when only
         # {key} and {bucket} are used (the common case), not a format() call.
         if not needs_raw and "{{" not in template and "}}" not in template:
-            pieces = template.replace("{bucket}", bucket).split("{key}")
+            pieces = template.replace("{bucket}", encode_key(bucket)).split("{key}")
 
             def from_template(keys: Sequence[str]) -> list[str]:
                 if len(pieces) == 2:
                     head, tail = pieces
+                    # Most batches hold only characters that encode to themselves: one
+                    # regex pass over the joined batch then replaces a translate() per key.
+                    if _UNCHANGED.fullmatch("".join(keys)):
+                        return [head + k + tail for k in keys]
                     table = _ENCODER
                     return [head + k.translate(table) + tail for k in keys]
                 return [render_template(template, k, bucket) for k in keys]

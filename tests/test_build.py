@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
+import sys
 import uuid
 from pathlib import Path
 from typing import Any
@@ -216,3 +218,121 @@ def test_manifester_build_is_callable_even_after_the_cli_is_imported(tmp_path: P
 
     plan = manifester.build(MemStorage({"a.jpg": 1}), tmp_path, urls="public")
     assert isinstance(plan, Plan) and plan.totals["entries"] == 1
+
+
+# Keys a URL must survive: every one is fetched back through the URL the build wrote.
+AWKWARD = {
+    "a b/c d.jpg": b"1" * 3,
+    "ü/ñandú.jpg": b"2" * 4,
+    "plus+sign.jpg": b"3" * 5,
+    "pct%20.jpg": b"4" * 6,
+    "hash#1.jpg": b"5" * 7,
+    "q?x=1.jpg": b"6" * 8,
+    "amp&semi;.jpg": b"7" * 9,
+    "🐱 cat.png": b"8" * 10,
+    "tilde~.jpg": b"9" * 11,
+    "quote's.jpg": b"a" * 12,
+}
+
+
+def fetch_all(entries: list[dict[str, Any]]) -> dict[str, bytes]:
+    """url -> body of every entry's URL (asserting 200)."""
+    import httpx
+
+    out: dict[str, bytes] = {}
+    with httpx.Client() as http:
+        for e in entries:
+            r = http.get(e["url"])
+            assert r.status_code == 200, (e["url"], r.status_code)
+            out[e["url"]] = r.content
+    return out
+
+
+def test_template_urls_of_awkward_keys_download(tmp_path: Path) -> None:
+    import functools
+    import threading
+    from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+
+    class Quiet(SimpleHTTPRequestHandler):
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    src = tmp_path / "my photos"  # a space in the folder too: {bucket} must be encoded
+    for key, data in AWKWARD.items():
+        (src / key).parent.mkdir(parents=True, exist_ok=True)
+        (src / key).write_bytes(data)
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(Quiet, directory=str(tmp_path)))
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    try:
+        template = f"http://127.0.0.1:{httpd.server_port}/my%20photos/{{key}}"
+        plan = build(str(src), tmp_path / "out", url_template=template)
+        bodies = fetch_all(read_manifests(plan))
+        assert sorted(bodies.values()) == sorted(AWKWARD.values())
+        # {bucket} is the folder path, percent-encoded like {key}.
+        plan = build(str(src), tmp_path / "out2", url_template="https://cdn.example.com{bucket}/{key}")
+        urls = [e["url"] for e in read_manifests(plan)]
+        assert urls[0].startswith("https://cdn.example.com" + quote(str(src), safe="/~") + "/")
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+        thread.join()
+
+
+def test_public_urls_of_awkward_keys_download(s3_env: Any, bucket_name: str, tmp_path: Path) -> None:
+    client = s3_env.client()
+    client.create_bucket(Bucket=bucket_name)
+    for key, data in AWKWARD.items():
+        client.put_object(Bucket=bucket_name, Key=key, Body=data, ACL="public-read")
+    plan = build(f"s3://{bucket_name}", tmp_path / "out", urls="public")
+    entries = read_manifests(plan)
+    assert all(e["url"].startswith(f"{os.environ['AWS_ENDPOINT_URL']}/{bucket_name}/") for e in entries)
+    assert sorted(fetch_all(entries).values()) == sorted(AWKWARD.values())
+
+
+def test_byte_limit_binds_first_with_1000_byte_keys_end_to_end(tmp_path: Path) -> None:
+    keys = {f"{i:04d}/" + "k" * 990 + ".jpg": 1 for i in range(30)}
+    assert all(len(k.encode()) == 999 for k in keys)
+    plan = build(MemStorage(keys, bucket="photos"), tmp_path / "out", urls="public", external_id="key", max_bytes=20_000)
+    assert plan.totals["entries"] == 30 and plan.totals["shards"] > 1
+    assert all(s["entries"] < 100_000 and s["bytes"] <= 20_000 for s in plan.shards)
+    # Greedy: every shard but the last is full, i.e. one more entry would not have fit.
+    size = (plan.shards[0]["bytes"] - 2 - (plan.shards[0]["entries"] - 1)) // plan.shards[0]["entries"]
+    assert all(s["bytes"] + 1 + size > 20_000 for s in plan.shards[:-1])
+    assert len(read_manifests(plan)) == 30
+
+
+_MEMORY_SCRIPT = """
+import resource, sys, tempfile
+import manifester
+from manifester.records import StorageObject
+from manifester.storage.base import Storage
+
+class Generated(Storage):
+    scheme = "s3"
+    def list(self, prefix=None):
+        for i in range(int(sys.argv[1])):
+            yield StorageObject(f"photos/{i:09d}/a longer name with spaces and ü.jpg", 1000, None)
+    def read(self, key): raise NotImplementedError
+    def write(self, key, data, *, content_type=""): raise NotImplementedError
+    def head(self, key): return None
+    def presign(self, key, expires): raise NotImplementedError
+    def public_url(self, key): return "https://gen.s3.example.com/" + key.replace(" ", "%20")
+
+with tempfile.TemporaryDirectory() as out:
+    plan = manifester.build(Generated("gen"), out, urls="public")
+    assert plan.entries == int(sys.argv[1])
+print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
+"""
+
+
+def test_build_memory_does_not_grow_with_the_listing() -> None:
+    # Peak RSS (KiB) of whole builds over 20k and 200k generated keys: a build that kept
+    # the listing or the entries would need ~40 MB more for the larger one.
+    def peak(n: int) -> int:
+        proc = subprocess.run([sys.executable, "-c", _MEMORY_SCRIPT, str(n)], capture_output=True, text=True, cwd=REPO)
+        assert proc.returncode == 0, proc.stderr
+        return int(proc.stdout.strip())
+
+    small, large = peak(20_000), peak(200_000)
+    assert large - small < 12 * 1024, (small, large)

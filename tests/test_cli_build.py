@@ -134,3 +134,27 @@ def test_real_process_exit_code_and_no_traceback(tmp_path: Path) -> None:
     )
     assert proc.returncode == 2
     assert_clean_error(proc.returncode, proc.stderr, "'tst'")
+
+
+@pytest.mark.parametrize(
+    ("blocked", "source", "extra"),
+    [("boto3", "s3://photos-missing-extra", "s3"), ("google.cloud.storage", "gs://photos-missing-extra", "gcs")],
+)
+def test_missing_sdk_names_the_extra(blocked: str, source: str, extra: str, tmp_path: Path) -> None:
+    # A fresh interpreter in which importing the SDK fails, as after `pip install manifester`.
+    script = (
+        "import sys, importlib.abc\n"
+        "class Block(importlib.abc.MetaPathFinder):\n"
+        "    def find_spec(self, name, path=None, target=None):\n"
+        f"        if name == {blocked!r} or name.startswith({blocked!r} + '.'):\n"
+        "            raise ImportError('No module named ' + repr(name))\n"
+        "sys.meta_path.insert(0, Block())\n"
+        "from manifester.cli import main\n"
+        "main()\n"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", script, "build", source, "--out", str(tmp_path / "out")],
+        capture_output=True, text=True, cwd=REPO,
+    )
+    assert_clean_error(proc.returncode, proc.stderr, f"'{extra}' extra", source)
+    assert f"pip install 'manifester[{extra}]'" in proc.stderr

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 from pathlib import Path
 from typing import Any
@@ -106,3 +107,85 @@ def test_locked_ledger_exits_with_a_clear_message(setup: dict[str, str], capsys:
         holder.close()
     assert code == 1
     assert err.startswith("error: another manifester run holds the lock") and "hint:" in err
+
+
+@pytest.mark.parametrize("stop_remote", [False, True])
+def test_ctrl_c_stops_cleanly_with_exit_130_and_stop_remote_stops_the_upload(
+    stop_remote: bool, setup: dict[str, str], theos: Any, tmp_path: Path  # noqa: F811
+) -> None:
+    """SIGINT while a task runs: state recorded, exit 130, upload/stop/ only with --stop-remote; a re-run finishes."""
+    import os
+    import signal
+    import sqlite3
+    import subprocess
+    import sys
+    import time
+
+    import manifester
+    from tests.test_migrate import REPO, FaultProxy, dataset_content, fast_client, ledger_content
+
+    # task polls are slowed down so that the run is surely following a task when interrupted
+    proxy = FaultProxy(theos.url, lambda m, kind, n: ("delay", 0.3) if kind == "task" else None)
+    state = Path(setup["state"])
+    env = {**os.environ, "THEOS_API_URL": proxy.url, "PYTHONPATH": str(REPO)}
+    args = ["migrate", f"s3://{setup['bucket']}", "--dataset", "Int", "--manifest-store", f"s3://{setup['store']}/m",
+            "--state", str(state), "--canary", "2", "--max-entries", "3", "--no-progress"]
+    if stop_remote:
+        args.append("--stop-remote")
+    proc = subprocess.Popen([sys.executable, "-c", "from manifester.cli import main; main()", *args], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and proc.poll() is None:
+            if state.exists():
+                with contextlib.closing(sqlite3.connect(f"file:{state}?mode=ro", uri=True, timeout=5)) as db:
+                    with contextlib.suppress(sqlite3.OperationalError):
+                        if db.execute("SELECT count(*) FROM shards WHERE state = 'uploading'").fetchone()[0]:
+                            break
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proxy.stop()
+    text = err.decode()
+    assert proc.returncode == 130, text
+    assert "interrupted" in text and "run the same command again" in text and "Traceback" not in text
+    assert proxy.counts.get("POST stop", 0) == (1 if stop_remote else 0)
+    with Ledger.open(state) as ledger:
+        [run] = ledger.runs()
+    assert run["status"] == "interrupted"
+
+    client = fast_client(theos.url, theos)
+    summary = manifester.migrate(f"s3://{setup['bucket']}", dataset="Int", manifest_store=f"s3://{setup['store']}/m",
+                                 state=state, client=client, canary=2, max_entries=3, progress=False,
+                                 poll_interval=0.05)
+    assert summary.ok, summary.lines()
+    content = dataset_content(client, summary.dataset_id)
+    assert len(content) == len({e for e, _ in content}) > 0
+    assert content == ledger_content(state, summary.dataset_id)
+
+
+def test_make_demo_says_only_what_is_true(tmp_path: Path) -> None:
+    """The demo migrates, shows that a re-run sends nothing, and keeps the ledger it tells you to inspect."""
+    import os
+    import re
+    import sqlite3
+    import subprocess
+    import sys
+
+    from tests.test_migrate import REPO
+
+    env = {**os.environ, "TMPDIR": str(tmp_path), "PYTHONPATH": str(REPO)}
+    proc = subprocess.run([sys.executable, "-m", "manifester.demo"], env=env, capture_output=True, timeout=240)
+    out = proc.stdout.decode()
+    assert proc.returncode == 0, proc.stderr.decode()[-2000:]
+    assert "30 created" in out and "train 24, valid 3, test 3" in out
+    assert "nothing new" in out.split("the same command again", 1)[1]
+    assert "servers stopped" in out
+    [ledger] = re.findall(r"sqlite3 (\S+) ", out)
+    with contextlib.closing(sqlite3.connect(ledger)) as db:
+        assert db.execute("SELECT count(*) FROM shards WHERE state = 'done'").fetchone()[0] == 4
+    [workdir] = re.findall(r"rm -rf (\S+)", out)
+    assert Path(workdir).parent == tmp_path and Path(ledger).parent == Path(workdir)

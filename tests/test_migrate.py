@@ -387,3 +387,62 @@ def test_kill9_then_rerun_gives_exactly_the_dataset(
         assert duplicates_sent(state, summary.dataset_id) == 0
     if point in ("upload", "mark_uploading"):
         assert summary.resumed_shards == 1
+
+
+# ---------------------------------------------------------------------------- per-image failures, dry run
+
+
+def test_per_image_failures_are_sent_once_more_then_listed_by_key(s3_env: S3Server, theos: Any, tmp_path: Path) -> None:
+    from tests.support.theos_server import corrupt_image, make_image
+
+    bucket = unique_bucket_name("mixed")
+    good = {f"ok/{i:02d}.png": make_image(color=(i * 20, 0, 0)) for i in range(7)}
+    s3_env.make_bucket(bucket, {**good, "bad/broken.jpg": corrupt_image(), "bad/text.jpg": b"not an image"})
+    store = unique_bucket_name("mm")
+    s3_env.make_bucket(store)
+    proxy = FaultProxy(theos.url, lambda m, kind, n: None)
+    try:
+        summary = manifester.migrate(
+            f"s3://{bucket}", dataset="Mixed", manifest_store=f"s3://{store}/m", state=tmp_path / "l.sqlite",
+            client=fast_client(proxy.url, theos), canary=0, max_entries=4, progress=False, poll_interval=0.05,
+        )
+    finally:
+        proxy.stop()
+    assert not summary.ok and summary.exit_code == 1
+    assert summary.created == len(good) and summary.remaining == 0
+    assert sorted(f.key for f in summary.failed) == ["bad/broken.jpg", "bad/text.jpg"]
+    assert all("image" in f.error for f in summary.failed)
+    assert any(line.startswith("failed: bad/broken.jpg: ") for line in summary.lines())
+    # each bad image went in exactly two shards (first try, then once more), the good ones in one
+    with Ledger.open(tmp_path / "l.sqlite") as ledger:
+        objects = {o.key: o for o in ledger.objects(summary.dataset_id)}
+        shards = ledger.shards(summary.dataset_id)
+    assert {k: o.attempts for k, o in objects.items() if k.startswith("bad/")} == {"bad/broken.jpg": 2, "bad/text.jpg": 2}
+    # shards of 4: [bad, bad, ok00, ok01], [ok02..ok05], then ok06 with the two bad ones again
+    assert proxy.counts["POST upload"] == len(shards) == 3
+    assert len(dataset_content(fast_client(theos.url, theos), summary.dataset_id)) == len(good)
+
+
+def test_dry_run_against_an_existing_ledger_and_dataset_only_reads(
+    photos_s3: Any, theos: Any, tmp_path: Path
+) -> None:
+    s3, bucket, store = photos_s3
+    state = tmp_path / "ledger.sqlite"
+    client = fast_client(theos.url, theos)
+    kw: dict[str, Any] = dict(manifest_store=f"s3://{store}/dry2", state=state, canary=5, max_entries=10,
+                              progress=False, poll_interval=0.05)
+    first = manifester.migrate(f"s3://{bucket}", dataset="Dry2", client=client, include=["animals/**"], **kw)
+    assert first.ok and first.created > 0
+    before = state.read_bytes()
+    proxy = FaultProxy(theos.url, lambda m, kind, n: None)
+    try:
+        plan = manifester.migrate(f"s3://{bucket}", dataset_id=first.dataset_id, client=fast_client(proxy.url, theos),
+                                  dry_run=True, **kw)
+    finally:
+        proxy.stop()
+    assert plan.dry_run and plan.plan is not None
+    assert plan.plan.already_present == first.created and plan.plan.total == N_IMAGES - first.created
+    assert proxy.counts and all(k.startswith("GET ") for k in proxy.counts), proxy.counts
+    assert state.read_bytes() == before
+    with Ledger.open(state) as ledger:
+        assert len(ledger.runs()) == 1

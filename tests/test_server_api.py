@@ -361,6 +361,7 @@ def test_labels_set_and_skip(populated: tuple[RunningServer, int]) -> None:
         (json.dumps([{"class_id": 0.5, "x": 1, "y": 1, "width": 1, "height": 1}]), "labels[0].class_id"),
         ('[{"class_id": 0, "x": NaN, "y": 1, "width": 1, "height": 1}]', "NaN"),
         ('[{"class_id": 0, "x": 1e999, "y": 1, "width": 1, "height": 1}]', "finite"),
+        ('[{"class_id": 0, "x": ' + '9' * 5000 + ', "y": 1, "width": 1, "height": 1}]', "usable JSON"),
         ("", "required"),
     ],
 )
@@ -389,3 +390,25 @@ def test_labels_from_a_file_part(populated: tuple[RunningServer, int]) -> None:
 def test_token_is_hidden_from_repr(theos_server: RunningServer) -> None:
     assert theos_server.token not in repr(theos_server)
     assert "<hidden>" in repr(theos_server)
+
+
+def test_odd_input_is_a_400_naming_the_field_never_a_500(theos_server: RunningServer) -> None:
+    # Each of these once reached an unguarded int()/encode() and answered 500.
+    with api(theos_server) as client:
+        ds = _dataset(client)
+        as_json = {"Content-Type": "application/json"}
+        cases: list[tuple[httpx.Response, str]] = [
+            (client.get(f"/{ds}/examples/", params={"page": "\u00b2"}), "page"),  # '²'.isdigit() is True
+            (client.post("/create/", content=b'{"name": "\\ud800"}', headers=as_json), "name"),  # lone surrogate
+            (client.post(f"/{ds}/upload/", content=b'{"manifest_url": "http://a\\ud800/m.json"}', headers=as_json),
+             "manifest_url"),
+            (client.post(f"/{ds}/classes/delete/", data={"db_ids": "[" + "9" * 5000 + "]"}), "db_ids"),
+            (client.post(f"/{ds}/upload/", data={"manifest_url": "http://exa\u00e9mple..com/m.json"}), "manifest_url"),
+            (client.post(f"/{ds}/upload/", data={"manifest_url": "http://[::1/m.json"}), "manifest_url"),
+            (client.post(f"/{ds}/upload/", data={"manifest_url": "http://127.0.0.1:99999/m.json"}), "manifest_url"),
+        ]
+        for response, field in cases:
+            assert response.status_code == 400, (field, response.text)
+            assert field in response.json(), response.text
+        assert [d["name"] for d in client.get("/").json()] == ["Vehicles"]  # nothing written
+        assert client.get(f"/{ds}/").json()["counts"] == {"train": 0, "valid": 0, "test": 0}

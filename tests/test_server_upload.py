@@ -9,7 +9,13 @@ from typing import Any
 import httpx
 
 from manifester.server import RunningServer
-from tests.support.theos_server import StaticServer, api, corrupt_image, make_image, wait_task
+from tests.support.theos_server import (
+    StaticServer,
+    api,
+    corrupt_image,
+    make_image,
+    wait_task,
+)
 
 
 def _dataset(server: RunningServer) -> int:
@@ -98,6 +104,38 @@ def test_invalid_manifests_fail_whole_and_name_the_entry(
     assert "not valid JSON" in _failure(theos_server, ds, web.write("broken.json", b'[{"url": '))
     assert "JSON array" in _failure(theos_server, ds, web.write_json("object.json", {"url": ok}))
     assert "404" in _failure(theos_server, ds, web.url_for("absent.json"))
+
+
+def test_server_refuses_exactly_what_the_builder_refuses(
+    theos_server: RunningServer, image_http_server: StaticServer
+) -> None:
+    # JSON Schema patterns are ECMA-262: "$" does not match before a final newline. A
+    # plain jsonschema validator (Python re) let this URL through, then the download crashed.
+    from manifester.validate import validate_manifest
+
+    web = image_http_server
+    entries = [{"url": web.write("ok.png", make_image()), "split": "train"}]
+    entries.append({"url": entries[0]["url"] + "\n", "split": "train"})
+    assert validate_manifest(entries)  # the builder refuses it...
+    message = _failure(theos_server, _dataset(theos_server), web.write_json("newline.json", entries))
+    assert "entry 1: url" in message  # ...and so does the server, naming the entry
+
+
+def test_unrequestable_image_urls_are_per_image_failures(
+    theos_server: RunningServer, image_http_server: StaticServer
+) -> None:
+    # These match the schema's URL pattern but httpx cannot request them; they once
+    # crashed the whole upload as an internal error (and logged the URL).
+    web = image_http_server
+    bad = ["http://[::1/x.png", "http://exa\u00e9mple..com/x.png", "http://xn--a.example/x.png"]
+    entries = [{"url": web.write("ok.png", make_image()), "split": "train"}]
+    entries += [{"url": url, "split": "train"} for url in bad]
+    task = wait_task(theos_server, _start(theos_server, _dataset(theos_server), web.write_json("bad.json", entries)))
+    assert task["state"] == "SUCCESS", task
+    assert task["result"]["created"] == 1
+    failed = {f["url"]: f["error"] for f in task["result"]["failed"]}
+    assert set(failed) == set(bad)
+    assert all("not a requestable URL" in error and "x.png" not in error for error in failed.values())
 
 
 def test_manifest_over_the_entry_limit_fails(theos_server: RunningServer, image_http_server: StaticServer) -> None:

@@ -133,3 +133,24 @@ def test_no_credentials(gcs_env: GCSServer, monkeypatch: pytest.MonkeyPatch, tmp
     monkeypatch.delenv("STORAGE_EMULATOR_HOST")
     with pytest.raises(CredentialsError):
         GCSStorage("anything")
+
+
+def test_unreachable_endpoint_after_retries_is_transient_with_a_hint(gcs_env: GCSServer, monkeypatch: pytest.MonkeyPatch) -> None:
+    # What the SDK raises once its 120 s retry budget is spent on a dead endpoint.
+    import requests
+    from google.api_core.exceptions import RetryError
+
+    from manifester.errors import SourceError
+
+    store = GCSStorage("anything")
+
+    def dead(*args: object, **kwargs: object) -> None:
+        raise RetryError("Timeout of 120.0s exceeded", cause=requests.ConnectionError("connection refused"))
+
+    monkeypatch.setattr(store._client, "list_blobs", dead)
+    with pytest.raises(SourceError) as info:
+        list(store.list())
+    err = info.value
+    assert "gs://anything" in str(err) and gcs_env.url in str(err) and "ConnectionError" in str(err)
+    assert err.hint and "STORAGE_EMULATOR_HOST" in err.hint
+    assert err.transient

@@ -276,8 +276,11 @@ def test_unknown_fields_are_kept_and_missing_ones_default() -> None:
 
 
 def test_task_states() -> None:
-    pending = Task.from_json("t", {})
+    pending = Task.from_json("t", {"state": "PENDING", "progress": None})
     assert pending.state == "PENDING" and not pending.terminal and not pending.succeeded
+    # an object with nothing of a task would be polled forever as PENDING: it is an error instead
+    with pytest.raises(TheosError, match="task t has no state"):
+        Task.from_json("t", {"unexpected": ["shape"], "id": None})
     running = Task.from_json("t", {"state": "progress", "progress": {"current": "5", "total": 20}})
     assert running.state == "PROGRESS" and running.percent == 25.0 and not running.terminal
     assert Task.from_json("t", {"state": "SUCCESS"}).succeeded

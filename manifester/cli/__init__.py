@@ -17,7 +17,7 @@ from typing import Any
 import click
 
 from ..config import env, load_config_file
-from ..errors import ManifesterError
+from ..errors import ConfigError, ManifesterError
 from . import api, build, run, server
 
 __all__ = ["cli", "main"]
@@ -44,8 +44,42 @@ def cli(ctx: click.Context, config_path: str | None) -> None:
     # Precedence is flag > environment > config file > default: click applies flags and
     # envvars itself, and default_map supplies the config file's values below them.
     config = load_config_file(config_path)
+    _check_config(config, config_path or env("MANIFESTER_CONFIG") or "")
     ctx.obj = {"config": config}
     ctx.default_map = {name: table for name, table in config.items() if name != "theos"}
+
+
+#: Keys of the [theos] table (see manifester.config.theos_settings).
+_THEOS_KEYS = ("api_url", "project_key", "api_token")
+
+
+def _check_config(config: dict[str, Any], path: str) -> None:
+    """Refuse unknown tables and keys: click's default_map would silently ignore a typo such as ``max_entrys``."""
+    where = f"config file {path}" if path else "config file"
+    for name, table in config.items():
+        if name == "theos":
+            for key in table:
+                if key not in _THEOS_KEYS:
+                    raise ConfigError(f"{where}: unknown key {key!r} in [theos]", hint=f"known keys: {', '.join(_THEOS_KEYS)}")
+            continue
+        command = cli.commands.get(name)
+        if command is None:
+            tables = ", ".join(f"[{n}]" for n in ("theos", *sorted(cli.commands)))
+            raise ConfigError(f"{where}: unknown table [{name}]", hint=f"tables are named after commands: {tables}")
+        _check_table(where, name, command, table)
+
+
+def _check_table(where: str, label: str, command: click.Command, table: dict[str, Any]) -> None:
+    options = sorted(p.name for p in command.params if p.name)
+    subcommands = command.commands if isinstance(command, click.Group) else {}
+    for key, value in table.items():
+        if key in subcommands and isinstance(value, dict):  # [datasets.list] and the like
+            _check_table(where, f"{label}.{key}", subcommands[key], value)
+        elif key not in options:
+            raise ConfigError(
+                f"{where}: unknown key {key!r} in [{label}]",
+                hint=f"known keys: {', '.join(options)}",
+            )
 
 
 for _module in (build, server, api, run):

@@ -99,9 +99,8 @@ def _api_command(group: click.Group, name: str) -> Callable[[Callable[..., None]
             with _client(api_url, project_key) as theos:
                 f(theos, as_json, **kwargs)
 
-        run = click.option("--json", "as_json", is_flag=True, help="Print JSON for machines.")(run)
-        run = _group_api_options(run)
-        return group.command(name=name)(run)
+        with_json = click.option("--json", "as_json", is_flag=True, help="Print JSON for machines.")(run)
+        return group.command(name=name)(_group_api_options(with_json))
 
     return decorate
 
@@ -132,9 +131,21 @@ def _task_line(task: Task) -> str:
     return f"task {task.task_id}: {task.state}{progress}"
 
 
+def _redact_strings(value: Any) -> Any:
+    """Every string of a JSON-ready value with URL query strings (signatures) removed."""
+    if isinstance(value, str):
+        return _redact(value)
+    if isinstance(value, list):
+        return [_redact_strings(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _redact_strings(v) for k, v in value.items()}
+    return value
+
+
 def _print_task(task: Task, as_json: bool) -> None:
     if as_json:
-        _print_json(task)
+        # an upload's result names failed images by their presigned URL: never print a signature
+        click.echo(json.dumps(_redact_strings(_plain(task)), indent=2, ensure_ascii=False))
         return
     click.echo(_task_line(task))
     if task.result is not None:

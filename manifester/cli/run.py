@@ -73,7 +73,7 @@ def _common(f: Callable[..., Any]) -> Callable[..., Any]:
 
 
 def _run(kind: str, source: str | None, as_json: bool, progress: bool | None, **kwargs: Any) -> None:
-    from ..pipeline import ingest, migrate
+    from ..pipeline import Summary, ingest, migrate
 
     if not source:
         raise ConfigError(
@@ -84,7 +84,7 @@ def _run(kind: str, source: str | None, as_json: bool, progress: bool | None, **
         progress = sys.stderr.isatty() and not as_json
     # click gives () for repeatable options that were not used; the library wants None
     options = {k: (v if v != () else None) for k, v in kwargs.items()}
-    func = migrate if kind == "migrate" else ingest
+    func: Callable[..., Summary] = migrate if kind == "migrate" else ingest
     summary = func(source, progress=progress, **options)
     if as_json:
         click.echo(orjson.dumps(summary.to_dict(), option=orjson.OPT_INDENT_2).decode())

@@ -195,7 +195,9 @@ def start_server(
         http = make_server(
             host, listener.getsockname()[1], app, threaded=True, request_handler=Handler, fd=listener.fileno()
         )
-    http.daemon_threads = True  # a slow client must not keep the process alive
+    # A slow client must not keep the process alive. make_server is typed as returning
+    # BaseWSGIServer; with threaded=True it is a ThreadedWSGIServer, which has the attribute.
+    http.daemon_threads = True  # type: ignore[attr-defined]
     bound_port = http.port
     # A wildcard bind is reached through loopback from this machine.
     shown_host = {"0.0.0.0": "127.0.0.1", "::": "::1", "": "127.0.0.1"}.get(host, host)

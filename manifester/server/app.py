@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from typing import Any, NoReturn
 from urllib.parse import urlsplit
 
+import httpx
 from flask import Flask, Response, jsonify, request, send_file
 from werkzeug.exceptions import HTTPException
 
@@ -38,6 +39,8 @@ MAX_REQUEST_BYTES = 16 * 1024 * 1024
 PAGE_SIZE = 100
 MAX_NAME_CHARS = 255
 _COLOR = re.compile(r"^#[0-9A-Fa-f]{6}$")
+# ASCII digits only: str.isdigit() also accepts '²', which int() refuses.
+_PAGE = re.compile(r"[0-9]{1,12}")
 _log = logging.getLogger("manifester.server")
 
 
@@ -70,6 +73,25 @@ def _not_found() -> NoReturn:
 
 def _field_error(name: str, message: str) -> NoReturn:
     raise ApiError(400, {name: [message]})
+
+
+def _encodable(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _requestable(url: str) -> bool:
+    """Whether the downloader could request ``url``: refused here as a 400 rather than as a failed task."""
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 - raises ValueError for a port out of range
+        httpx.URL(url)  # the client's own parser: bad IDNA hosts, bad IPv6 literals
+    except (ValueError, httpx.InvalidURL):
+        return False
+    return parts.scheme in ("http", "https") and bool(parts.hostname)
 
 
 def create_app(ctx: ServerContext) -> Flask:
@@ -172,6 +194,10 @@ def create_app(ctx: ServerContext) -> Flask:
             # curl -F "labels=@labels.json" sends a file part; its text is the field's value.
             for key, upload in request.files.items():
                 values.setdefault(key, upload.read().decode("utf-8", errors="replace"))
+        for key, value in values.items():
+            # A JSON body can carry lone surrogates ("\ud800"), which SQLite cannot store.
+            if not _encodable(key) or not _encodable(value):
+                _field_error(key if _encodable(key) else "error", "Contains a character that is not valid Unicode.")
         return values
 
     def dataset_or_404(dataset_id: int) -> dict[str, Any]:
@@ -248,7 +274,7 @@ def create_app(ctx: ServerContext) -> Flask:
             _field_error("db_ids", "This field is required.")
         try:
             parsed = json.loads(raw)
-        except (json.JSONDecodeError, RecursionError):
+        except (ValueError, RecursionError):  # ValueError: bad JSON, or an integer of 4300+ digits
             parsed = None
         if not isinstance(parsed, list) or not all(type(x) is int for x in parsed):
             _field_error("db_ids", "Must be a JSON array of class db_ids, such as [1,4,6].")
@@ -306,8 +332,7 @@ def create_app(ctx: ServerContext) -> Flask:
         url = (fields().get("manifest_url") or "").strip()
         if not url:
             _field_error("manifest_url", "This field is required.")
-        parts = urlsplit(url)
-        if parts.scheme not in ("http", "https") or not parts.hostname or len(url) > 16384:
+        if len(url) > 16384 or not _requestable(url):
             _field_error("manifest_url", "Enter a valid http(s) URL.")
         try:
             with store.tx():
@@ -410,7 +435,7 @@ def create_app(ctx: ServerContext) -> Flask:
             if split not in SPLITS:
                 _field_error("split", f'"{split}" is not a valid choice; use train, valid or test.')
             raw_page = (values.get("page") or "1").strip()
-            if not raw_page.isdigit() or len(raw_page) > 12 or int(raw_page) < 1:
+            if not _PAGE.fullmatch(raw_page) or int(raw_page) < 1:
                 _field_error("page", "A valid integer of 1 or more is required.")
             page = int(raw_page)
             count, rows = store.examples_page(dataset_id, split, page, PAGE_SIZE)

@@ -45,6 +45,7 @@ MAX_IMAGE_PIXELS = 89_478_485
 
 _EXTENSIONS = {"JPEG": "jpg", "MPO": "jpg", "PNG": "png", "GIF": "gif", "WEBP": "webp", "BMP": "bmp", "TIFF": "tif"}
 _NAME = re.compile(r"^([0-9a-f]{32})(_t)?\.([a-z0-9]{2,5})$")
+_DIGITS = re.compile(r"[0-9]{1,20}")  # str.isdigit() also accepts '²', which int() refuses
 
 
 class FetchError(Exception):
@@ -75,11 +76,14 @@ def fetch(
             if response.status_code >= 400:
                 raise FetchError(f"HTTP {response.status_code} {response.reason_phrase}".strip())
             declared = response.headers.get("content-length", "")
-            if declared.isdigit() and int(declared) > max_bytes:
+            if _DIGITS.fullmatch(declared) and int(declared) > max_bytes:
                 raise FetchError(f"{what} is {int(declared):,} bytes, over the {max_bytes:,}-byte limit")
             chunks: list[bytes] = []
             size = 0
-            for chunk in response.iter_bytes(65536):
+            # No chunk_size: with one, httpx buffers until it has that many bytes, so a
+            # server dripping a byte at a time (each read inside the read timeout) would
+            # never reach the deadline and stop checks below. Every network read counts.
+            for chunk in response.iter_bytes():
                 size += len(chunk)
                 if size > max_bytes:
                     raise FetchError(f"{what} is over the {max_bytes:,}-byte limit")
@@ -98,6 +102,11 @@ def fetch(
     except httpx.HTTPError as exc:
         # httpx messages of transport errors name the cause (refused, reset), not the URL.
         raise FetchError(f"download failed: {type(exc).__name__}: {exc}") from exc
+    except (httpx.InvalidURL, ValueError) as exc:
+        # The schema's URL pattern admits some URLs httpx cannot request (bad port, bad
+        # IDNA host): a per-image failure, not a crash of the whole upload. Not
+        # str(exc): httpx quotes the URL, and presigned URLs carry signatures.
+        raise FetchError("not a requestable URL (bad host name or port)") from exc
 
 
 @dataclass(frozen=True)

@@ -50,6 +50,8 @@ class LabelsValidator:
             raise LabelsProblem(f"labels is not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}") from None
         except RecursionError:
             raise LabelsProblem("labels is nested too deeply") from None
+        except ValueError as exc:  # e.g. an integer literal of more than 4300 digits
+            raise LabelsProblem(f"labels is not usable JSON: {exc}") from None
         error = next(iter(self._validator.iter_errors(boxes)), None)
         if error is not None:
             path = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in error.absolute_path)

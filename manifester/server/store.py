@@ -330,9 +330,10 @@ class Store:
     _EXAMPLE_COLS = "id, dataset_id, split, external_id, image, thumbnail, width, height, labels, skipped"
 
     def examples_page(self, dataset_id: int, split: str, page: int, per_page: int) -> tuple[int, list[dict[str, Any]]]:
-        count = self._q(
+        counted = self._q(
             "SELECT COUNT(*) AS n FROM examples WHERE dataset_id=? AND split=?", (dataset_id, split)
-        ).fetchone()["n"]
+        ).fetchone()
+        count = int(counted["n"]) if counted else 0
         rows = self._q(
             f"SELECT {self._EXAMPLE_COLS} FROM examples WHERE dataset_id=? AND split=? ORDER BY id LIMIT ? OFFSET ?",
             (dataset_id, split, per_page, (page - 1) * per_page),
@@ -404,7 +405,8 @@ class Store:
         total: int | None = None,
         result: Any = None,
     ) -> None:
-        sets, params = ["updated=?"], [now_iso()]
+        sets: list[str] = ["updated=?"]
+        params: list[Any] = [now_iso()]
         for col, value in (("state", state), ("current", current), ("total", total)):
             if value is not None:
                 sets.append(f"{col}=?")

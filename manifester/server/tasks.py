@@ -18,19 +18,27 @@ from __future__ import annotations
 import json
 import logging
 import queue
+import re
 import threading
 import time
 import uuid
 from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass, field
-from importlib.resources import files
+from functools import partial
 from typing import Any
 
 import httpx
-import jsonschema
 
-from .images import MAX_IMAGE_BYTES, FetchError, ImageError, MediaStore, fetch, process_image
+from ..validate import validate_manifest
+from .images import (
+    MAX_IMAGE_BYTES,
+    FetchError,
+    ImageError,
+    MediaStore,
+    fetch,
+    process_image,
+)
 from .store import ACTIVE_STATES, Store, StoreClosed
 
 __all__ = ["TaskRunner", "UploadBusy", "ManifestProblem", "parse_manifest", "task_object", "MANIFEST_MAX_BYTES"]
@@ -38,6 +46,7 @@ __all__ = ["TaskRunner", "UploadBusy", "ManifestProblem", "parse_manifest", "tas
 MANIFEST_MAX_BYTES = 100_000_000
 MANIFEST_MAX_ENTRIES = 100_000
 _PROGRESS_FLUSH_SECONDS = 1.0
+_ENTRY_PREFIX = re.compile(r"^\[(\d+)\] ")
 _log = logging.getLogger("manifester.server")
 
 
@@ -53,18 +62,15 @@ class ManifestProblem(Exception):
     """The manifest cannot be imported; the message names the entry and the problem."""
 
 
-def load_manifest_validator() -> jsonschema.protocols.Validator:
-    """The validator of ``schemas/manifest.schema.json``, the single source of truth."""
-    schema = json.loads((files("manifester") / "schemas" / "manifest.schema.json").read_text("utf-8"))
-    cls = jsonschema.validators.validator_for(schema)
-    return cls(schema)  # type: ignore[no-any-return]
-
-
-def parse_manifest(data: bytes, validator: jsonschema.protocols.Validator) -> list[dict[str, Any]]:
+def parse_manifest(data: bytes) -> list[dict[str, Any]]:
     """Parse and validate a manifest; any problem rejects the whole manifest.
 
-    >>> parse_manifest(b'[{"url": "https://a/b.jpg", "split": "train"}]', v)  # doctest: +SKIP
-    [{'url': 'https://a/b.jpg', 'split': 'train'}]
+    Validation is :func:`manifester.validate.validate_manifest`, the builder's own, so
+    the server refuses exactly what ``manifester build`` refuses (same schema file,
+    same ECMA-262 reading of its patterns).
+
+    >>> parse_manifest(b'[{"url": "https://a.example/b.jpg", "split": "train"}]')
+    [{'url': 'https://a.example/b.jpg', 'split': 'train'}]
     """
     if len(data) > MANIFEST_MAX_BYTES:
         raise ManifestProblem(f"manifest is {len(data):,} bytes, over the {MANIFEST_MAX_BYTES:,}-byte limit")
@@ -76,25 +82,16 @@ def parse_manifest(data: bytes, validator: jsonschema.protocols.Validator) -> li
         raise ManifestProblem(f"manifest is not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}") from None
     except RecursionError:
         raise ManifestProblem("manifest is nested too deeply to be a manifest") from None
+    except ValueError as exc:  # e.g. an integer literal of more than 4300 digits
+        raise ManifestProblem(f"manifest is not usable JSON: {exc}") from None
     if not isinstance(entries, list):
         raise ManifestProblem(f"manifest must be a JSON array of entries, not a JSON {type(entries).__name__}")
     if len(entries) > MANIFEST_MAX_ENTRIES:
         raise ManifestProblem(
             f"manifest has {len(entries):,} entries, over the {MANIFEST_MAX_ENTRIES:,}-entry limit; nothing was imported"
         )
-    problems: list[str] = []
-    # iter_errors is lazy, so an early bad entry costs nothing for the rest.
-    for error in validator.iter_errors(entries):
-        path = list(error.absolute_path)
-        if path and isinstance(path[0], int):
-            where = f"entry {path[0]}"
-            if len(path) > 1:
-                where += f" field {path[1]!r}"
-        else:
-            where = "manifest"
-        problems.append(f"{where}: {error.message}")
-        if len(problems) >= 5:
-            break
+    # validate_manifest says "[3] split: ..."; the task result reads better as "entry 3: split: ...".
+    problems = [_ENTRY_PREFIX.sub(r"entry \1: ", line) for line in validate_manifest(entries, limit=5)]
     if problems:
         raise ManifestProblem("invalid manifest, nothing was imported (entries are 0-based): " + "; ".join(problems))
     return entries
@@ -184,7 +181,6 @@ class TaskRunner:
         self.media = media
         self.download_workers = max(1, download_workers)
         self.download_timeout = download_timeout
-        self._validator = load_manifest_validator()
         self._controls: dict[str, _Control] = {}
         self._controls_lock = threading.Lock()
         self._shutdown = threading.Event()
@@ -326,7 +322,7 @@ class TaskRunner:
                 should_stop=ctl.stopped,
                 what="manifest",
             )
-            entries = parse_manifest(data, self._validator)
+            entries = parse_manifest(data)
         except FetchError as exc:
             self._finish(task_id, ctl, "FAILURE", f"could not download the manifest: {exc}; nothing was imported")
             return
@@ -351,26 +347,35 @@ class TaskRunner:
         if not self._transition(task_id, ctl, state="PROGRESS", current=ctl.current, total=ctl.total):
             return
 
-        window = threading.BoundedSemaphore(self.download_workers * 2)
-        futures: list[Future[Any]] = []
-        for entry in jobs:
+        # At most `slots` imports are queued or running; no future is kept once done, so
+        # memory does not grow with the manifest (a list of 100k futures costs ~200 MB).
+        slots = self.download_workers * 2
+        window = threading.BoundedSemaphore(slots)
+        crashed: list[BaseException] = []
+
+        def done(future: Future[Any]) -> None:
+            error = future.exception()
+            if error is not None:
+                crashed.append(error)
+            window.release()
+
+        def take_slot() -> bool:
             while not window.acquire(timeout=0.2):
                 if ctl.stopped():
-                    break
-            if ctl.stopped():
+                    return False
+            return not ctl.stopped()
+
+        for entry in jobs:
+            if crashed:
                 break
-            future = self._pool.submit(lambda e=entry: self._import_one(dataset_id, task_id, e, ctl))
-            future.add_done_callback(lambda _f: window.release())
-            futures.append(future)
-        for future in futures:
-            while not ctl.stopped():
-                try:
-                    future.result(timeout=0.2)
-                    break
-                except TimeoutError:
-                    continue
-            if ctl.stopped():
+            if not take_slot():
                 return  # REVOKED (or shutting down) was recorded by whoever stopped us
+            self._pool.submit(partial(self._import_one, dataset_id, task_id, entry, ctl)).add_done_callback(done)
+        for _ in range(slots):  # holding every slot means every import has finished
+            if not take_slot():
+                return
+        if crashed:
+            raise crashed[0]  # _spawn records FAILURE and logs it
         result = {"created": ctl.created, "duplicates": ctl.duplicates, "failed": ctl.failed}
         self._finish(task_id, ctl, "SUCCESS", result)
 

@@ -9,6 +9,7 @@ when that scheme is used (and then names the extra to install).
 
 from __future__ import annotations
 
+import builtins  # annotations in Storage classes: there `list` is the listing method
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Iterator
 from typing import ClassVar
@@ -60,7 +61,7 @@ class Storage(ABC):
     def presign(self, key: str, expires: int) -> str:
         """A URL anyone can GET for ``expires`` seconds."""
 
-    def presign_many(self, keys: Iterable[str], expires: int) -> list[str]:
+    def presign_many(self, keys: Iterable[str], expires: int) -> builtins.list[str]:
         """Presign many keys at once; backends override this with faster batch paths."""
         return [self.presign(k, expires) for k in keys]
 

@@ -21,6 +21,7 @@ missing credentials -> :class:`CredentialsError`, the rest -> :class:`SourceErro
 from __future__ import annotations
 
 import binascii
+import builtins  # annotations in Storage classes: there `list` is the listing method
 import hashlib
 import logging
 import os
@@ -156,10 +157,9 @@ class GCSStorage(Storage):
         super().__init__(bucket, prefix)
         try:
             import google.api_core.exceptions  # noqa: F401 - needed by _errors
-            import google.auth
             from google.cloud import storage
         except ImportError:
-            raise MissingExtraError("GCS sources", "gcs") from None
+            raise MissingExtraError(f"the GCS source {self.root_uri}", "gcs") from None
         self._page_size = page_size
         self._workers = workers if workers is not None else (os.cpu_count() or 1)
         self._pool: Executor | None = None
@@ -211,6 +211,17 @@ class GCSStorage(Storage):
             cls = PublishError if writing else SourceError
             error = cls(f"GCS could not {action} {where} ({exc.code} {_short(exc)})")
             error.transient = isinstance(exc, (gexc.ServerError, gexc.TooManyRequests))
+            raise error from exc
+        except gexc.RetryError as exc:
+            # The SDK retries connection errors for up to 120 s, then wraps the last one;
+            # its own message ("Timeout of 120.0s exceeded") says nothing about why.
+            cls = PublishError if writing else SourceError
+            cause = type(exc.cause).__name__ if exc.cause is not None else "no answer"
+            error = cls(
+                f"cannot {action} {where}: {cause} after retrying (endpoint {self.endpoint_url})",
+                hint="check the network (and STORAGE_EMULATOR_HOST), then retry",
+            )
+            error.transient = True
             raise error from exc
         except (gauth.GoogleAuthError, gexc.GoogleAPIError) as exc:
             cls = PublishError if writing else SourceError
@@ -303,7 +314,7 @@ class GCSStorage(Storage):
         """
         return self.presign_many([key], expires)[0]
 
-    def presign_many(self, keys: Iterable[str], expires: int) -> list[str]:
+    def presign_many(self, keys: Iterable[str], expires: int) -> builtins.list[str]:
         """Sign a batch; large batches use one worker process per core (RSA is CPU-bound).
 
         >>> GCSStorage("photos").presign_many(["a.jpg", "b.jpg"], 3600)  # doctest: +SKIP
@@ -325,7 +336,7 @@ class GCSStorage(Storage):
                 f"signing URLs for gs://{self.bucket} failed: {type(exc).__name__}", hint=_SIGN_HINT
             ) from exc
 
-    def _sign_in_pool(self, req: V4Request, keys: list[str]) -> list[str] | None:
+    def _sign_in_pool(self, req: V4Request, keys: builtins.list[str]) -> builtins.list[str] | None:
         import multiprocessing
 
         from google.oauth2 import service_account

@@ -10,7 +10,9 @@ point at ``--url-template``.
 
 from __future__ import annotations
 
+import builtins  # annotations in Storage classes: there `list` is the listing method
 import os
+import re
 import stat
 import tempfile
 from collections.abc import Iterable, Iterator
@@ -22,6 +24,13 @@ from ..records import StorageObject
 from .base import Storage
 
 __all__ = ["LocalStorage"]
+
+
+# quote(ch, safe="/") for every ASCII character: str.translate then encodes an ASCII
+# key at C speed. Non-ASCII keys still go through quote() (same bytes, same errors).
+_ASCII_QUOTE = {c: quote(chr(c), safe="/") for c in range(128)}
+#: Keys made only of characters that quote() leaves alone need no encoding at all.
+_UNCHANGED = re.compile(r"[A-Za-z0-9\-._~/]*")
 
 
 def _sort_name(entry: os.DirEntry[str], is_dir: bool) -> str:
@@ -43,6 +52,8 @@ class LocalStorage(Storage):
     def __init__(self, bucket: str, prefix: str = "") -> None:
         super().__init__(str(Path(bucket).resolve()), prefix)
         self.root = Path(self.bucket)
+        root = str(self.root)
+        self._uri_head = "file://" + quote(root if root.endswith("/") else root + "/", safe="/")
 
     @property
     def root_uri(self) -> str:
@@ -55,7 +66,17 @@ class LocalStorage(Storage):
         >>> LocalStorage("/data").object_uri("a b/c.jpg")
         'file:///data/a%20b/c.jpg'
         """
-        return "file://" + quote(str(self._path(key)), safe="/")
+        # Called once per entry by the build: plain string checks and a cached root
+        # prefix give exactly str(self._path(key)) without building a Path (~10x faster).
+        # quote() works character by character, so quoting the parts separately is the same.
+        wrapped = "/" + key + "/"
+        if not key or "//" in wrapped or "/./" in wrapped or "/../" in wrapped:
+            self._path(key)  # raises the usual SourceError
+        if _UNCHANGED.fullmatch(key):
+            return self._uri_head + key
+        if key.isascii():
+            return self._uri_head + key.translate(_ASCII_QUOTE)
+        return self._uri_head + quote(key, safe="/")
 
     # ------------------------------------------------------------------ helpers
 
@@ -97,12 +118,12 @@ class LocalStorage(Storage):
         root_st = os.stat(self.root)
         yield from self._walk("", want, [(root_st.st_dev, root_st.st_ino)])
 
-    def _walk(self, rel: str, want: str, ancestors: list[tuple[int, int]]) -> Iterator[StorageObject]:
+    def _walk(self, rel: str, want: str, ancestors: builtins.list[tuple[int, int]]) -> Iterator[StorageObject]:
         # Iterative depth-first walk so deep trees cannot hit the recursion limit.
         stack: list[tuple[str, Iterator[tuple[str, os.DirEntry[str], bool]]]] = []
         stack.append((rel, iter(self._entries(rel))))
         while stack:
-            dir_rel, it = stack[-1]
+            _, it = stack[-1]
             nxt = next(it, None)
             if nxt is None:
                 stack.pop()
@@ -132,7 +153,7 @@ class LocalStorage(Storage):
                 continue
             yield StorageObject(key=key, size=st.st_size, etag=f"{st.st_mtime_ns}-{st.st_size}")
 
-    def _entries(self, dir_rel: str) -> list[tuple[str, os.DirEntry[str], bool]]:
+    def _entries(self, dir_rel: str) -> builtins.list[tuple[str, os.DirEntry[str], bool]]:
         path = self.root / dir_rel if dir_rel else self.root
         out: list[tuple[str, os.DirEntry[str], bool]] = []
         try:
@@ -219,7 +240,7 @@ class LocalStorage(Storage):
         """Always raises :class:`ConfigError`: files cannot be presigned."""
         raise self._no_urls()
 
-    def presign_many(self, keys: Iterable[str], expires: int) -> list[str]:
+    def presign_many(self, keys: Iterable[str], expires: int) -> builtins.list[str]:
         """Always raises :class:`ConfigError`, even for an empty batch."""
         raise self._no_urls()
 

