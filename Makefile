@@ -24,6 +24,7 @@ chaos: $(STAMP)
 	MANIFESTER_CHAOS=long $(BIN)/python -m pytest -q tests/test_chaos.py
 
 bench: $(STAMP)
+	$(BIN)/python -m pip install --quiet -e '.[dev,bench]'
 	$(BIN)/python bench/run_all.py
 
 clean:

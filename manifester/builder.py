@@ -390,6 +390,7 @@ def build(
     *,
     options: BuildOptions | None = None,
     batch: int = 1000,
+    listing: str | os.PathLike[str] | None = None,
     **kwargs: Any,
 ) -> Plan:
     """Build manifest files for ``source`` into the folder ``out``; returns the :class:`Plan`.
@@ -399,6 +400,10 @@ def build(
     (``split``, ``seed``, ``group_by``, ``split_from_path``, ``include``, ``exclude``,
     ``extensions``, ``external_id``, ``urls``, ``expires``, ``url_template``,
     ``max_entries``, ``max_bytes``).
+
+    ``listing`` names a file of keys (one per line, JSONL, or an S3 Inventory CSV, ``.gz``
+    allowed) read instead of listing ``source``: for huge buckets, an inventory report
+    replaces millions of LIST calls (see :mod:`manifester.storage.listing`).
 
     Writes ``out/manifest-00001.json``, ... and ``out/plan.json``. If any entry fails
     validation, raises :class:`ValidationError` listing up to 20 problems (with keys)
@@ -416,7 +421,11 @@ def build(
         raise ConfigError("pass either options= or keyword options, not both")
     out_dir = Path(out).expanduser().absolute()
     owns_storage = not isinstance(source, Storage)
-    storage = open_storage(source) if isinstance(source, str) else source
+    storage = open_storage(source, listing=listing) if isinstance(source, str) else source
+    if listing is not None and not isinstance(source, str):
+        from .storage.listing import ListingStorage
+
+        storage = ListingStorage(listing, source)
     try:
         options = options.resolve(storage)
         url_maker = make_url_maker(

@@ -605,6 +605,7 @@ def _run(
     manifest_base_url: str | None = None,
     changed: Literal["skip", "resend"] = "skip",
     poll_interval: float = 1.0,
+    listing: str | Path | None = None,
     **build_options: Any,
 ) -> Summary:
     """The one implementation behind :func:`migrate` and :func:`ingest` (their options, their defaults)."""
@@ -622,7 +623,7 @@ def _run(
         )
     from .builder import BuildOptions
 
-    storage = open_storage(source)
+    storage = open_storage(source, listing=listing)
     expires = build_options.pop("expires", None)
     options = BuildOptions.make(**build_options, urls=urls, url_template=url_template).resolve(storage)
     urls = str(options.urls)

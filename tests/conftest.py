@@ -3,4 +3,5 @@
 pytest_plugins = [
     "tests.support.storage_servers",
     "tests.support.theos_server",
+    "tests.support.fault_proxy",
 ]

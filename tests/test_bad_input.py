@@ -223,6 +223,7 @@ class Case:
     #: the row documents a bug reported to the lead (.coord/BUGS-reliability.md): xfail until fixed
     known_bug: str | None = None
     timeout: float = 60.0
+    upload_accepted: bool = False
 
 
 def C(
@@ -235,6 +236,7 @@ def C(
     empty_ok: bool = False,
     known_bug: str | None = None,
     timeout: float = 60.0,
+    upload_accepted: bool = False,
 ) -> Case:
     args = tuple(argv.split()) if isinstance(argv, str) else tuple(argv)
     return Case(
@@ -247,13 +249,8 @@ def C(
         empty_ok,
         known_bug,
         timeout,
+        upload_accepted,
     )
-
-
-TASK_STALL_BUG = (
-    "pipeline._Run._follow has no stall limit: a task answer without a state (parsed as PENDING, which is "
-    "also what Celery answers for an unknown or expired task id) is polled forever, holding the ledger lock"
-)
 
 
 BUILD = "build {folder} --out {out} --url-template https://cdn.example.com/{{key}}"
@@ -463,7 +460,9 @@ CASES: list[Case] = [
         "task",
         env={"THEOS_API_URL": "{task-shape}"},
         timeout=8,
-        known_bug=TASK_STALL_BUG,
+        # the fake API really accepted the upload before its task answer turned out
+        # malformed, so the ledger rightly records the shard as sent
+        upload_accepted=True,
     ),
     C("migrate-canary-negative", f"{MIGRATE} --canary -1", "--canary"),
     C(
@@ -730,9 +729,11 @@ def test_bad_input_is_refused_clearly(case: Case, world: World, tmp_path: Path) 
             )
             continue
         assert p.read_bytes() == data, f"{p} was changed by a refused command"
-    assert _ledger_sent(tmp_path / "ledger.sqlite") == 0
+    if not case.upload_accepted:
+        assert _ledger_sent(tmp_path / "ledger.sqlite") == 0
     datasets_after, examples_after = world.server_state()
-    assert examples_after == examples_before, "a refused command added examples"
+    if not case.upload_accepted:
+        assert examples_after == examples_before, "a refused command added examples"
     if not case.may_create_dataset:
         assert datasets_after == datasets_before, "a refused command created a dataset"
     assert len(CASES) >= 40

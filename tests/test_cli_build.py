@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import pytest
 
@@ -158,3 +159,33 @@ def test_missing_sdk_names_the_extra(blocked: str, source: str, extra: str, tmp_
     )
     assert_clean_error(proc.returncode, proc.stderr, f"'{extra}' extra", source)
     assert f"pip install 'manifester[{extra}]'" in proc.stderr
+
+
+def test_build_from_a_listing_file_uses_only_its_keys(tmp_path: Path) -> None:
+    """--listing replaces the scan: only the listed keys are built, URLs still from the source."""
+    folder = Path(__file__).resolve().parents[1] / "sample_buckets" / "splits"
+    keys = sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*.*") if p.is_file() and p.suffix != ".md")[:5]
+    listing = tmp_path / "keys.txt"
+    listing.write_text("".join(k + "\n" for k in keys))
+    out = tmp_path / "out"
+    proc = subprocess.run(
+        [sys.executable, "-m", "manifester", "build", str(folder), "--out", str(out),
+         "--listing", str(listing), "--url-template", "https://cdn.example.com/{key}", "--json"],
+        capture_output=True, text=True, check=False,
+    )
+    assert proc.returncode == 0, proc.stderr
+    entries = json.loads((out / "manifest-00001.json").read_text())
+    assert [e["url"] for e in entries] == [f"https://cdn.example.com/{quote(k, safe='/~')}" for k in keys]
+
+
+def test_unsorted_listing_file_is_a_clear_error(tmp_path: Path) -> None:
+    listing = tmp_path / "keys.txt"
+    listing.write_text("b.jpg\na.jpg\n")
+    proc = subprocess.run(
+        [sys.executable, "-m", "manifester", "build", str(tmp_path), "--out", str(tmp_path / "out"),
+         "--listing", str(listing), "--url-template", "https://cdn.example.com/{key}"],
+        capture_output=True, text=True, check=False,
+    )
+    assert proc.returncode != 0
+    assert "Traceback" not in proc.stderr
+    assert "keys.txt" in proc.stderr

@@ -36,6 +36,13 @@ Examples:
 @click.option("--expires", default="24h", show_default=True, help="Lifetime of presigned URLs: 90s, 15m, 24h, 7d.")
 @click.option("--url-template", "url_template", default=None, metavar="TEMPLATE", help="URL per key, e.g. 'https://cdn.example.com/{key}' (required for local folders).")
 @click.option("--max-entries", "max_entries", type=int, default=100_000, show_default=True, help="Entries per manifest (at most 100000).")
+@click.option(
+    "--listing",
+    default=None,
+    type=click.Path(dir_okay=False),
+    metavar="FILE",
+    help="Read the objects from FILE (keys one per line, JSONL, or an S3 Inventory CSV; .gz ok) instead of listing SOURCE.",
+)
 @click.option("--max-bytes", "max_bytes", type=int, default=100_000_000, show_default=True, help="Bytes per manifest, exact (at most 100000000).")
 @click.option("--json", "as_json", is_flag=True, default=False, help="Print the plan as JSON instead of a summary.")
 def build_command(source: str, out: str, as_json: bool, **options: Any) -> None:

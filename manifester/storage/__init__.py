@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from ..errors import ConfigError
@@ -37,8 +38,16 @@ def parse_uri(uri: str) -> tuple[str, str, str]:
     return "file", str(Path(uri).resolve()), ""
 
 
-def open_storage(uri: str) -> Storage:
-    """Open the backend for ``uri``. The cloud SDK is imported only here, on demand."""
+def open_storage(uri: str, *, listing: str | os.PathLike[str] | None = None) -> Storage:
+    """Open the backend for ``uri``. The cloud SDK is imported only here, on demand.
+
+    With ``listing`` (a key list, JSONL or S3 Inventory CSV file), objects are read from
+    that file instead of listing the bucket; URLs, ids and reads still use the bucket.
+    """
+    if listing is not None:
+        from .listing import ListingStorage
+
+        return ListingStorage(listing, open_storage(uri))
     scheme, bucket, prefix = parse_uri(uri)
     if scheme == "s3":
         from .s3 import S3Storage
