@@ -56,7 +56,7 @@ def _s3_server() -> Iterator[str]:
 
 
 def _seed(endpoint: str, samples: Path) -> int:
-    import boto3
+    import boto3  # type: ignore[import-untyped]
 
     s3 = boto3.session.Session().client("s3", endpoint_url=endpoint, region_name="us-east-1")
     s3.create_bucket(Bucket="photos")

@@ -237,6 +237,9 @@ class Ledger:
         conn.row_factory = sqlite3.Row
         ledger = cls(p, conn)
         try:
+            # Refuse a newer ledger before writing anything: switching to WAL rewrites the
+            # file header, which a newer schema may rely on being as it left it.
+            ledger._refuse_newer()
             conn.execute("PRAGMA journal_mode=WAL")
             conn.execute("PRAGMA synchronous=NORMAL")
             conn.execute("PRAGMA foreign_keys=ON")
@@ -252,16 +255,38 @@ class Ledger:
             raise
         return ledger
 
-    def _migrate(self) -> None:
+    def _stored_version(self) -> int:
+        """The recorded schema version (0 for a new file), read without writing anything."""
         conn = self._conn
-        conn.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
-        row = conn.execute("SELECT version FROM schema_version").fetchone()
-        version = row[0] if row else 0
+        # fetchall() so that no statement stays open (a journal-mode switch needs none)
+        has_table = conn.execute(
+            "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'schema_version'"
+        ).fetchall()
+        if not has_table:
+            return 0
+        rows = conn.execute("SELECT version FROM schema_version").fetchall()
+        try:
+            return int(rows[0][0]) if rows else 0
+        except (TypeError, ValueError) as exc:
+            raise LedgerError(
+                f"the ledger {self.path} is damaged: schema version {rows[0][0]!r} is not a number",
+                hint="pass another --state path, or move this file away to start afresh",
+            ) from exc
+
+    def _refuse_newer(self) -> None:
+        version = self._stored_version()
         if version > SCHEMA_VERSION:
             raise LedgerError(
                 f"the ledger {self.path} was written by a newer manifester (schema {version}, this one knows {SCHEMA_VERSION})",
                 hint="upgrade manifester (pip install -U manifester), or pass another --state path",
             )
+
+    def _migrate(self) -> None:
+        conn = self._conn
+        conn.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
+        # checked again: another process may have migrated the file since _refuse_newer
+        self._refuse_newer()
+        version = self._stored_version()
         for number in range(version + 1, SCHEMA_VERSION + 1):
             with self.transaction():
                 for statement in _MIGRATIONS[number - 1]:

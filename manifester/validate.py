@@ -22,7 +22,7 @@ from operator import itemgetter
 from typing import Any
 
 import fastjsonschema
-import jsonschema
+import jsonschema  # type: ignore[import-untyped]
 from jsonschema import Draft202012Validator
 
 from .errors import ConfigError

@@ -99,6 +99,65 @@ def test_bad_input_is_one_clean_line(
     assert not list((tmp_path / "out").glob("manifest-*.json")) if (tmp_path / "out").exists() else True
 
 
+def test_empty_selection_warns_on_stderr_and_exits_0(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    code, out, err = run(["build", str(empty), "--out", str(tmp_path / "o1"), "--url-template", TEMPLATE], capsys)
+    assert code == 0, err
+    assert "entries  0 of 0 listed" in out
+    assert err.strip().splitlines() == [
+        f"warning: no objects kept from {empty}: 0 listed — check the prefix and filters"
+    ]
+    # a filter that keeps nothing: the warning names the skip reasons; --json stays clean JSON
+    code, out, err = run(
+        ["build", str(PHOTOS), "--out", str(tmp_path / "o2"), "--url-template", TEMPLATE, "--include", "nothing/*",
+         "--json"],
+        capsys,
+    )
+    assert code == 0, err
+    plan = json.loads(out)
+    assert plan["totals"]["entries"] == 0 and plan["totals"]["listed"] > 0
+    (line,) = err.strip().splitlines()
+    assert line.startswith(f"warning: no objects kept from {PHOTOS}: {plan['totals']['listed']} listed, ")
+    assert "not-included" in line and line.endswith("— check the prefix and filters")
+    # something kept: no warning
+    code, _, err = run(["build", str(PHOTOS), "--out", str(tmp_path / "o3"), "--url-template", TEMPLATE], capsys)
+    assert code == 0 and "warning" not in err
+
+
+@pytest.mark.parametrize(
+    ("argv", "first", "command"),
+    [
+        (["build", str(PHOTOS), "--out", "o", "--max-entries", "many"],
+         "error: invalid value for '--max-entries': 'many' is not a valid integer.", "manifester build"),
+        (["build", str(PHOTOS)], "error: missing option '--out'.", "manifester build"),
+        (["build"], "error: missing argument 'SOURCE'.", "manifester build"),
+        (["build", str(PHOTOS), "--out", "o", "--bogus"], "error: no such option '--bogus'.", "manifester build"),
+        (["build", str(PHOTOS), "--out", "o", "--external-id", "zz"], "error: invalid value for '--external-id'",
+         "manifester build"),
+        (["datasets", "list", "extra"], "error: got unexpected extra argument (extra)", "manifester datasets list"),
+        (["nosuch"], "error: no such command 'nosuch'.", "manifester"),
+    ],
+)
+def test_usage_errors_are_one_error_line_and_a_hint(
+    argv: list[str], first: str, command: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, out, err = run(argv, capsys)
+    assert code == 2 and out == ""
+    lines = err.rstrip("\n").splitlines()
+    assert len(lines) == 2, err
+    assert lines[0].startswith(first), err
+    assert lines[1] == f"  hint: see '{command} --help'"
+    assert "Usage:" not in err
+
+
+def test_help_and_bare_groups_still_show_help(capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, _ = run(["build", "--help"], capsys)
+    assert code == 0 and out.startswith("Usage: manifester build [OPTIONS] SOURCE")
+    code, _, err = run(["datasets"], capsys)  # a group without a command: its help, as before
+    assert code == 2 and "Usage: manifester datasets" in err and "Commands:" in err
+
+
 def test_output_dir_not_writable(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     blocker = tmp_path / "a-file"
     blocker.write_text("x")

@@ -43,6 +43,22 @@ def test_newer_schema_is_refused(tmp_path: Path) -> None:
     assert info.value.hint and "upgrade" in info.value.hint
 
 
+def test_newer_schema_is_refused_before_anything_changes(tmp_path: Path) -> None:
+    # a newer manifester may rely on another journal mode or header: an older one must
+    # refuse the file without touching a byte of it (no WAL switch, no new table)
+    path = tmp_path / "l.sqlite"
+    conn = sqlite3.connect(path)
+    conn.execute("CREATE TABLE schema_version (version INTEGER NOT NULL)")
+    conn.execute("INSERT INTO schema_version VALUES (?)", (SCHEMA_VERSION + 1,))
+    conn.commit()
+    conn.close()
+    before = path.read_bytes()
+    with pytest.raises(LedgerError, match="newer manifester"):
+        Ledger.open(path)
+    assert path.read_bytes() == before
+    assert not path.with_name("l.sqlite-wal").exists()
+
+
 def test_garbage_file_is_a_clear_error(tmp_path: Path) -> None:
     path = tmp_path / "l.sqlite"
     path.write_bytes(b"this is not sqlite at all" * 100)

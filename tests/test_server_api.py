@@ -307,6 +307,39 @@ def test_example_by_id_and_external_id_and_media(populated: tuple[RunningServer,
         assert Image.open(io.BytesIO(thumb.content)).size == (200, 100)  # never upscaled
 
 
+# ids the path converter alone cannot carry: a leading or trailing '/', '//', and ids that
+# look like the routes' own suffixes
+AWKWARD_IDS = ["/lead", "trail/", "/both/", "a//b", "//", "/", "x/labels/set", "y/skip", "z/skip/", "%2F", "a b?c#d%/é"]
+
+
+def test_awkward_external_ids_round_trip_through_the_client(
+    theos_server: RunningServer, image_http_server: StaticServer
+) -> None:
+    from manifester.errors import NotFoundError
+    from manifester.theos import TheosClient
+
+    web = image_http_server
+    url = web.write("awkward.png", make_image(40, 30))
+    with api(theos_server) as client:
+        ds = _dataset(client)
+        _classes(client, ds, ["Car"])
+    _upload(theos_server, web, ds, [{"url": url, "split": "train", "external_id": i} for i in AWKWARD_IDS])
+    with TheosClient(api_url=theos_server.url, project_key=theos_server.project_key, api_token=theos_server.token) as theos:
+        ids = {}
+        for external_id in AWKWARD_IDS:
+            example = theos.get_example(ds, external_id=external_id)
+            assert example.external_id == external_id
+            ids[external_id] = example.id
+        assert len(set(ids.values())) == len(AWKWARD_IDS)  # each id found its own example
+        for external_id in AWKWARD_IDS:
+            labeled = theos.set_labels(ds, [_box(0)], external_id=external_id)
+            assert (labeled.id, labeled.external_id, labeled.labeled) == (ids[external_id], external_id, True)
+            skipped = theos.skip_example(ds, external_id=external_id)
+            assert (skipped.id, skipped.skipped) == (ids[external_id], True)
+        with pytest.raises(NotFoundError):
+            theos.get_example(ds, external_id="/lead/")  # exact match: no slash is dropped or added
+
+
 def test_thumbnail_is_downscaled(theos_server: RunningServer, image_http_server: StaticServer) -> None:
     from PIL import Image
     import io

@@ -197,6 +197,101 @@ def test_wrong_credentials(seaweed_env: S3Server, weed_photos: tuple[str, dict[s
         S3Storage(bucket).read("plus+sign.jpg")
 
 
+def _write_process_credentials(path: Path, access: str, secret: str, expires_in: dt.timedelta) -> None:
+    """What a `credential_process` prints: temporary keys with an expiry (rewritten to rotate them)."""
+    import json
+
+    expiry = dt.datetime.now(dt.timezone.utc) + expires_in
+    path.write_text(
+        json.dumps(
+            {
+                "Version": 1,
+                "AccessKeyId": access,
+                "SecretAccessKey": secret,
+                "Expiration": expiry.strftime("%Y-%m-%dT%H:%M:%SZ"),
+            }
+        )
+    )
+
+
+@pytest.fixture
+def process_credentials(seaweed_env: S3Server, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Credentials from the SDK chain's `credential_process` (profile in AWS_CONFIG_FILE), not from the env.
+
+    Their expiry is 5 minutes away, inside botocore's mandatory-refresh window, so the SDK
+    runs the process again whenever credentials are read: rewriting the file rotates them,
+    the way a role session or SSO token is renewed during a long run.
+    """
+    creds = tmp_path / "creds.json"
+    _write_process_credentials(creds, seaweed_env.access_key, seaweed_env.secret_key, dt.timedelta(minutes=5))
+    config = tmp_path / "aws-config"
+    config.write_text(f"[default]\ncredential_process = cat {creds}\n")
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(config))
+    monkeypatch.delenv("AWS_ACCESS_KEY_ID")
+    monkeypatch.delenv("AWS_SECRET_ACCESS_KEY")
+    return creds
+
+
+def _credential_of(url: str) -> str:
+    from urllib.parse import parse_qs, urlsplit
+
+    return parse_qs(urlsplit(url).query)["X-Amz-Credential"][0].split("/")[0]
+
+
+def test_rotated_credentials_are_used_by_the_next_presign_batch(
+    seaweed_env: S3Server, weed_photos: tuple[str, dict[str, bytes]], process_credentials: Path
+) -> None:
+    assert seaweed_env.alt_access_key and seaweed_env.alt_secret_key
+    bucket, files = weed_photos
+    keys = sorted(files)
+    store = S3Storage(bucket)  # one store for the whole "run", as the pipeline keeps it
+    first = store.presign_many(keys, 600)
+    _write_process_credentials(
+        process_credentials, seaweed_env.alt_access_key, seaweed_env.alt_secret_key, dt.timedelta(minutes=5)
+    )
+    second = store.presign_many(keys, 600)  # fast path (a full batch)
+    small = store.presign_many(keys[:2], 600)  # boto3 path (below the fast-path batch size)
+    assert {_credential_of(u) for u in first} == {seaweed_env.access_key}
+    assert {_credential_of(u) for u in second + small} == {seaweed_env.alt_access_key}
+    with httpx.Client() as http:
+        for key, url in [*zip(keys, first), *zip(keys, second), *zip(keys, small)]:
+            response = http.get(url)
+            assert response.status_code == 200, (key, response.text[:200])
+            assert response.content == files[key]
+    assert store.read(keys[0]) == files[keys[0]]  # and the other calls sign with them too
+
+
+def test_expired_or_refused_credentials_mid_run_are_a_credentials_error(
+    seaweed_env: S3Server, weed_photos: tuple[str, dict[str, bytes]], process_credentials: Path
+) -> None:
+    bucket, files = weed_photos
+    keys = sorted(files)
+    store = S3Storage(bucket)
+    assert len(store.presign_many(keys, 600)) == len(keys)
+    # the credential source now hands out keys that are already expired
+    _write_process_credentials(process_credentials, "EXPIREDKEY", "expired-secret", dt.timedelta(minutes=-1))
+    for call in (lambda: store.presign_many(keys, 600), lambda: store.presign(keys[0], 600), lambda: list(store.list())):
+        with pytest.raises(CredentialsError) as info:
+            call()
+        assert f"s3://{bucket}" in str(info.value) and "expired" in str(info.value)
+        assert info.value.hint and "run again" in info.value.hint
+        assert "expired-secret" not in str(info.value)
+    # the credential source fails outright (e.g. an SSO session that ended)
+    process_credentials.unlink()
+    with pytest.raises(CredentialsError) as info:
+        store.presign_many(keys, 600)
+    assert f"s3://{bucket}" in str(info.value) and info.value.hint
+    with pytest.raises(CredentialsError, match=f"s3://{bucket}"):
+        S3Storage(bucket)  # a new run: refused up front, with the same kind of error
+    # keys the server does not know: presigning cannot tell, the first request can
+    _write_process_credentials(process_credentials, "UNKNOWNKEY", "unknown-secret", dt.timedelta(minutes=5))
+    url = store.presign_many(keys, 600)[0]
+    assert httpx.get(url).status_code == 403
+    with pytest.raises(CredentialsError) as info:
+        store.read(keys[0])
+    assert f"s3://{bucket}" in str(info.value) and info.value.hint and "unknown-secret" not in str(info.value)
+
+
 def test_sample_bucket_round_trip(seaweed_env: S3Server, bucket_name: str) -> None:
     keys = seaweed_env.seed_dir(bucket_name, SAMPLES / "photos")
     store = S3Storage(bucket_name, page_size=7)

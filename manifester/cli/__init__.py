@@ -20,7 +20,7 @@ from ..config import env, load_config_file
 from ..errors import ConfigError, ManifesterError
 from . import api, build, run, server
 
-__all__ = ["cli", "main"]
+__all__ = ["cli", "main", "usage_error_text"]
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
@@ -105,6 +105,27 @@ def _configure_logging() -> None:
     logger.propagate = False
 
 
+def _one_line(text: str) -> str:
+    text = " ".join(text.split())
+    # click says "Missing option '--out'."; library errors start in lower case
+    if len(text) > 1 and text[0].isupper() and text[1].islower():
+        text = text[0].lower() + text[1:]
+    return text
+
+
+def usage_error_text(exc: click.UsageError) -> str:
+    """A click usage error (bad value, missing or unknown option) in the library errors' shape.
+
+    One ``error:`` line naming the option, then a hint line, instead of click's usage block:
+
+    >>> print(usage_error_text(click.UsageError("Missing option '--out'.")))
+    error: missing option '--out'.
+      hint: see 'manifester --help'
+    """
+    command = exc.ctx.command_path if exc.ctx is not None else "manifester"
+    return f"error: {_one_line(exc.format_message())}\n  hint: see '{command} --help'"
+
+
 def main(argv: list[str] | None = None) -> Any:
     """Console-script entry point: run the CLI, turning library errors into clean exits."""
     _configure_logging()
@@ -119,8 +140,14 @@ def main(argv: list[str] | None = None) -> Any:
     except KeyboardInterrupt:
         click.echo("interrupted", err=True)
         sys.exit(130)
+    except click.exceptions.NoArgsIsHelpError as exc:
+        exc.show()  # a bare group (`manifester datasets`): its help is the useful answer
+        sys.exit(exc.exit_code)
+    except click.UsageError as exc:
+        click.echo(usage_error_text(exc), err=True)
+        sys.exit(exc.exit_code)
     except click.ClickException as exc:
-        exc.show()
+        click.echo(f"error: {_one_line(exc.format_message())}", err=True)
         sys.exit(exc.exit_code)
     except click.exceptions.Exit as exc:
         sys.exit(exc.exit_code)

@@ -107,7 +107,7 @@ def _api_command(group: click.Group, name: str) -> Callable[[Callable[..., None]
 
 def _follow(theos: TheosClient, task_id: str, *, timeout: float | None, poll_interval: float, desc: str) -> Task:
     """Wait for a task with a tqdm bar (on stderr, only on a terminal) fed by progress current/total."""
-    from tqdm import tqdm
+    from tqdm import tqdm  # type: ignore[import-untyped]
 
     with tqdm(total=None, desc=desc, unit="img", file=sys.stderr, disable=None, leave=False) as bar:
 

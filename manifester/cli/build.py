@@ -10,7 +10,7 @@ import orjson
 from ..builder import Plan, build
 from ..split import DEFAULT_SPLIT
 
-__all__ = ["build_command", "commands", "format_plan"]
+__all__ = ["build_command", "commands", "empty_warning", "format_plan"]
 
 
 @click.command(
@@ -57,6 +57,29 @@ def build_command(source: str, out: str, as_json: bool, **options: Any) -> None:
         click.echo(orjson.dumps(plan.to_dict(), option=orjson.OPT_INDENT_2).decode())
     else:
         click.echo(format_plan(plan))
+    warning = empty_warning(plan, source)
+    if warning:
+        # still exit 0 (an empty prefix is not an error), but on stderr so that it shows in
+        # cron mail and next to --json output without spoiling it
+        click.echo(warning, err=True)
+
+
+def empty_warning(plan: Plan, source: str | None = None) -> str | None:
+    """The stderr warning for a build that kept nothing, or ``None`` if it kept something.
+
+    ``source`` is the source as the user typed it (default: the plan's URI).
+
+    >>> empty_warning(plan, "s3://photos/cats")  # doctest: +SKIP
+    'warning: no objects kept from s3://photos/cats: 12 listed, 12 skipped (not-included 12) — check the prefix and filters'
+    """
+    if plan.totals.get("entries", 0):
+        return None
+    listed = plan.totals.get("listed", 0)
+    detail = f"{listed:,} listed"
+    if plan.skipped:
+        reasons = ", ".join(f"{reason} {n:,}" for reason, n in plan.skipped.items())
+        detail += f", {plan.totals.get('skipped', sum(plan.skipped.values())):,} skipped ({reasons})"
+    return f"warning: no objects kept from {source or plan.source}: {detail} — check the prefix and filters"
 
 
 def format_plan(plan: Plan) -> str:

@@ -22,11 +22,12 @@ import math
 import re
 from dataclasses import dataclass
 from typing import Any, NoReturn
-from urllib.parse import urlsplit
+from urllib.parse import unquote_to_bytes, urlsplit
 
 import httpx
 from flask import Flask, Response, jsonify, request, send_file
 from werkzeug.exceptions import HTTPException
+from werkzeug.routing import PathConverter
 
 from .images import MediaStore
 from .labels import LabelsProblem, LabelsValidator
@@ -75,6 +76,49 @@ def _field_error(name: str, message: str) -> NoReturn:
     raise ApiError(400, {name: [message]})
 
 
+class _ExternalIdConverter(PathConverter):
+    """Like ``<path:...>``, but also matches a value that begins with '/' (or is only slashes).
+
+    The id itself is then re-read from the raw request path (:func:`_raw_external_id`):
+    the server has already decoded ``%2F`` into '/', so the decoded path cannot tell
+    ``a%2F`` (id "a/") from ``a`` followed by the route's own slash.
+    """
+
+    # werkzeug treats a converter whose regex has no '/' as matching one path segment
+    part_isolating = False
+    regex = ".+?"
+
+
+_EXTERNAL_MARKER = "/examples/external/"
+
+
+def _raw_external_id(suffix: str, decoded: str) -> str:
+    """The external id as the client sent it: the raw path between ``/examples/external/`` and ``suffix``.
+
+    ``RAW_URI``/``REQUEST_URI`` (set by werkzeug's server, gunicorn, the test client) keep the
+    percent-encoding, so an id with a leading or trailing '/' or with '//' survives. Without
+    them (another WSGI server) the decoded value from the router is the best we have.
+
+    >>> # in a request for .../examples/external/%2Flead%2F/skip/
+    >>> _raw_external_id("/skip/", "/lead/")  # doctest: +SKIP
+    '/lead/'
+    """
+    raw = request.environ.get("RAW_URI") or request.environ.get("REQUEST_URI")
+    if not isinstance(raw, str) or not raw:
+        return decoded
+    if not raw.startswith("/"):  # absolute form: "http://host/path"
+        raw = urlsplit(raw).path
+    path = raw.split("?", 1)[0]
+    start = path.find(_EXTERNAL_MARKER)
+    if start < 0 or not path.endswith(suffix):
+        return decoded
+    segment = path[start + len(_EXTERNAL_MARKER) : len(path) - len(suffix)]
+    if not segment:
+        return decoded
+    # WSGI strings carry the request bytes as latin-1; ids are UTF-8 (as werkzeug decodes them)
+    return unquote_to_bytes(segment.encode("latin-1")).decode("utf-8", errors="replace")
+
+
 def _encodable(text: str) -> bool:
     try:
         text.encode("utf-8")
@@ -107,6 +151,7 @@ def create_app(ctx: ServerContext) -> Flask:
     app.config["MAX_FORM_MEMORY_SIZE"] = MAX_REQUEST_BYTES
     app.json.sort_keys = False  # type: ignore[attr-defined]  # keep the contract's key order
     app.url_map.merge_slashes = False  # external ids may contain '//'
+    app.url_map.converters["external_id"] = _ExternalIdConverter
     labels_validator = LabelsValidator()
     store, runner = ctx.store, ctx.runner
     p = "/v1/project/<project_key>/datasets"
@@ -450,8 +495,13 @@ def create_app(ctx: ServerContext) -> Flask:
     def get_example(dataset_id: int, example_id: int) -> Any:
         return jsonify(render_example(example_or_404(dataset_id, example_id, None)))
 
-    @app.get(f"{p}/<int:dataset_id>/examples/external/<path:external_id>/")
+    # No trailing '/' in this rule: werkzeug's handling of a rule's final slash refuses a
+    # value that ends with '/', so the view checks and strips the slash itself.
+    @app.get(f"{p}/<int:dataset_id>/examples/external/<external_id:external_id>")
     def get_example_external(dataset_id: int, external_id: str) -> Any:
+        if not external_id.endswith("/") or external_id == "/":
+            _not_found()
+        external_id = _raw_external_id("/", external_id[:-1])
         return jsonify(render_example(example_or_404(dataset_id, None, external_id)))
 
     def set_labels(dataset_id: int, example_id: int | None, external_id: str | None) -> Any:
@@ -484,17 +534,17 @@ def create_app(ctx: ServerContext) -> Flask:
     def set_labels_by_id(dataset_id: int, example_id: int) -> Any:
         return set_labels(dataset_id, example_id, None)
 
-    @app.post(f"{p}/<int:dataset_id>/examples/external/<path:external_id>/labels/set/")
+    @app.post(f"{p}/<int:dataset_id>/examples/external/<external_id:external_id>/labels/set/")
     def set_labels_by_external_id(dataset_id: int, external_id: str) -> Any:
-        return set_labels(dataset_id, None, external_id)
+        return set_labels(dataset_id, None, _raw_external_id("/labels/set/", external_id))
 
     @app.post(f"{p}/<int:dataset_id>/examples/<int:example_id>/skip/")
     def skip_by_id(dataset_id: int, example_id: int) -> Any:
         return skip(dataset_id, example_id, None)
 
-    @app.post(f"{p}/<int:dataset_id>/examples/external/<path:external_id>/skip/")
+    @app.post(f"{p}/<int:dataset_id>/examples/external/<external_id:external_id>/skip/")
     def skip_by_external_id(dataset_id: int, external_id: str) -> Any:
-        return skip(dataset_id, None, external_id)
+        return skip(dataset_id, None, _raw_external_id("/skip/", external_id))
 
     # -- media --------------------------------------------------------------------
 

@@ -18,7 +18,7 @@ from collections.abc import Sequence
 from importlib.resources import files
 from typing import Any
 
-import jsonschema
+import jsonschema  # type: ignore[import-untyped]
 
 __all__ = ["LabelsValidator", "LabelsProblem"]
 

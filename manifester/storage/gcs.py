@@ -157,7 +157,7 @@ class GCSStorage(Storage):
         super().__init__(bucket, prefix)
         try:
             import google.api_core.exceptions  # noqa: F401 - needed by _errors
-            from google.cloud import storage
+            from google.cloud import storage  # type: ignore[import-untyped]
         except ImportError:
             raise MissingExtraError(f"the GCS source {self.root_uri}", "gcs") from None
         self._page_size = page_size

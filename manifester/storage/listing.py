@@ -118,7 +118,7 @@ class ListingStorage(Storage):
             ) from exc
         if self.path.name.lower().endswith(".gz"):
             raw = gzip.GzipFile(fileobj=raw, mode="rb")  # type: ignore[assignment]
-        return io.TextIOWrapper(raw, encoding="utf-8", newline="")  # type: ignore[arg-type]
+        return io.TextIOWrapper(raw, encoding="utf-8", newline="")
 
     def _rows(self, fh: IO[str]) -> Iterator[tuple[int, str, int, str | None]]:
         """(line number, key, size, etag) per object line of the file."""

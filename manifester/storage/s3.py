@@ -53,6 +53,28 @@ _CRED_HINT = (
     "set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (plus AWS_SESSION_TOKEN for temporary keys), "
     "or AWS_PROFILE, or run where an IAM role is attached"
 )
+_RENEW_HINT = (
+    "renew the credentials where they come from (aws sso login, a new session token, the profile's "
+    "credential_process or role), then run again: a migrate/ingest resumes where it stopped"
+)
+
+
+def _credential_source_errors() -> tuple[type[Exception], ...]:
+    """botocore's errors for a credential provider that failed (names vary across versions)."""
+    import botocore.exceptions as bex  # type: ignore[import-untyped]
+
+    names = (
+        "CredentialRetrievalError",
+        "RefreshWithMFAUnsupportedError",
+        "SSOTokenLoadError",
+        "UnauthorizedSSOTokenError",
+        "TokenRetrievalError",
+        "LoginRefreshRequired",
+        "LoginTokenLoadError",
+    )
+    return tuple(c for c in (getattr(bex, n, None) for n in names) if isinstance(c, type) and issubclass(c, Exception))
+
+
 _REFUSED_CODES = frozenset(
     {
         "InvalidAccessKeyId",
@@ -99,9 +121,9 @@ class S3Storage(Storage):
     def __init__(self, bucket: str, prefix: str = "", *, page_size: int | None = None) -> None:
         super().__init__(bucket, prefix)
         try:
-            import boto3
+            import boto3  # type: ignore[import-untyped]
             import botocore.exceptions  # noqa: F401 - needed by _errors
-            from botocore.config import Config
+            from botocore.config import Config  # type: ignore[import-untyped]
         except ImportError:
             raise MissingExtraError(f"the S3 source {self.root_uri}", "s3") from None
         self._page_size = page_size
@@ -116,6 +138,10 @@ class S3Storage(Storage):
             )
         except ManifesterError:
             raise
+        except _credential_source_errors() as exc:  # the client loads credentials now
+            raise CredentialsError(
+                f"cannot get the AWS credentials for s3://{bucket}: {exc}", hint=_RENEW_HINT
+            ) from exc
         except Exception as exc:  # ProfileNotFound, bad endpoint URL, unreadable config ...
             raise ConfigError(
                 f"cannot set up the S3 client for s3://{bucket}: {type(exc).__name__}: {exc}",
@@ -176,6 +202,21 @@ class S3Storage(Storage):
             raise error from exc
         except (NoCredentialsError, PartialCredentialsError) as exc:
             raise CredentialsError(f"no usable AWS credentials to {action} {where}", hint=_CRED_HINT) from exc
+        except _credential_source_errors() as exc:
+            # the SDK's credential source (credential_process, SSO, role, container) failed
+            # to renew temporary keys: a problem to fix, not one that a retry will solve
+            raise CredentialsError(
+                f"cannot renew the AWS credentials to {action} {where}: {exc}", hint=_RENEW_HINT
+            ) from exc
+        except RuntimeError as exc:
+            # botocore raises a bare RuntimeError when a refresh returns keys that are
+            # already expired; anything else is not ours to translate
+            if "expired" not in str(exc) or "redentials" not in str(exc):
+                raise
+            raise CredentialsError(
+                f"the AWS credentials expired and the SDK could not renew them to {action} {where}",
+                hint=_RENEW_HINT,
+            ) from exc
         except ParamValidationError as exc:
             raise ConfigError(f"S3 refused the request to {action} {where}: {exc}") from exc
         except BotoCoreError as exc:

@@ -170,6 +170,9 @@ class S3Server:
     secret_key: str = field(repr=False)
     region: str = "us-east-1"
     _stopper: Callable[[], None] | None = field(default=None, repr=False)
+    #: A second key pair the server also accepts (SeaweedFS only): credential rotation tests.
+    alt_access_key: str | None = None
+    alt_secret_key: str | None = field(default=None, repr=False)
 
     def env(self) -> dict[str, str]:
         """Environment for boto3 (and manifester) to use this server; blanks cloud vars.
@@ -280,6 +283,8 @@ def start_seaweedfs(tmpdir: str | os.PathLike[str], *, timeout: float = 90.0) ->
     data = root / "data"
     data.mkdir(parents=True, exist_ok=True)
     access, secret = "seaweed-test-key", "seaweed-test-secret-" + uuid.uuid4().hex[:8]
+    # a second identity with the same rights: "rotated" keys for credential-refresh tests
+    alt_access, alt_secret = "seaweed-rotated-key", "seaweed-rotated-secret-" + uuid.uuid4().hex[:8]
     cfg = root / "s3.json"
     cfg.write_text(
         json.dumps(
@@ -289,7 +294,12 @@ def start_seaweedfs(tmpdir: str | os.PathLike[str], *, timeout: float = 90.0) ->
                         "name": "admin",
                         "credentials": [{"accessKey": access, "secretKey": secret}],
                         "actions": ["Admin", "Read", "List", "Tagging", "Write"],
-                    }
+                    },
+                    {
+                        "name": "rotated",
+                        "credentials": [{"accessKey": alt_access, "secretKey": alt_secret}],
+                        "actions": ["Admin", "Read", "List", "Tagging", "Write"],
+                    },
                 ]
             }
         )
@@ -343,6 +353,8 @@ def start_seaweedfs(tmpdir: str | os.PathLike[str], *, timeout: float = 90.0) ->
         access_key=access,
         secret_key=secret,
         _stopper=stopper,
+        alt_access_key=alt_access,
+        alt_secret_key=alt_secret,
     )
     try:
         _wait_seaweed_ready(server, proc, root / "weed.log", timeout)
