@@ -248,3 +248,20 @@ def test_unsorted_listing_file_is_a_clear_error(tmp_path: Path) -> None:
     assert proc.returncode != 0
     assert "Traceback" not in proc.stderr
     assert "keys.txt" in proc.stderr
+
+
+def test_sdk_warnings_are_one_redacted_line_without_traceback(capsys: pytest.CaptureFixture[str]) -> None:
+    import logging
+
+    from manifester.cli import _configure_logging
+
+    _configure_logging()
+    try:
+        raise RuntimeError("boom")
+    except RuntimeError:
+        logging.getLogger("botocore.credentials").warning(
+            "refresh failed for https://b.example/k?X-Amz-Signature=deadbeef", exc_info=True
+        )
+    err = capsys.readouterr().err
+    assert "WARNING: botocore.credentials: refresh failed" in err
+    assert "deadbeef" not in err and "Traceback" not in err

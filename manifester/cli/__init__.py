@@ -98,11 +98,44 @@ def _configure_logging() -> None:
     level = getattr(logging, level_name, logging.WARNING)
     logger = logging.getLogger("manifester")
     if not logger.handlers:
-        handler = logging.StreamHandler()
+        handler = _StderrHandler()
         handler.setFormatter(logging.Formatter("%(levelname)s: %(message)s"))
         logger.addHandler(handler)
     logger.setLevel(level)
     logger.propagate = False
+    # The SDKs' own warnings (e.g. botocore failing to refresh credentials) would otherwise
+    # reach Python's last-resort handler with a traceback and, possibly, a signed URL in it.
+    third_party = _StderrHandler()
+    third_party.setFormatter(logging.Formatter("%(levelname)s: %(name)s: %(message)s"))
+    third_party.addFilter(_OneLineRedacted())
+    for name in ("botocore", "boto3", "google", "urllib3", "httpx"):
+        sdk_logger = logging.getLogger(name)
+        if not sdk_logger.handlers:
+            sdk_logger.addHandler(third_party)
+            sdk_logger.setLevel(max(level, logging.WARNING))
+            sdk_logger.propagate = False
+
+
+class _StderrHandler(logging.StreamHandler):  # type: ignore[type-arg]
+    """Writes to whatever ``sys.stderr`` is now (it may be replaced after setup, e.g. by tests)."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.stream = sys.stderr
+        super().emit(record)
+
+
+class _OneLineRedacted(logging.Filter):
+    """Drop tracebacks and URL query strings (presigned signatures) from a log record."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        from ..theos import redact_urls
+
+        record.msg = redact_urls(record.getMessage())
+        record.args = None
+        record.exc_info = None
+        record.exc_text = None
+        record.stack_info = None
+        return True
 
 
 def _one_line(text: str) -> str:
