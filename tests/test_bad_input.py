@@ -220,7 +220,7 @@ class Case:
     may_create_dataset: bool = False
     #: an empty source may also succeed, if the output says that nothing was found
     empty_ok: bool = False
-    #: the row documents a bug reported to the lead (.coord/BUGS-reliability.md): xfail until fixed
+    #: the row documents a known bug: it is marked xfail until fixed
     known_bug: str | None = None
     timeout: float = 60.0
     upload_accepted: bool = False
