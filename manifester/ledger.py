@@ -127,6 +127,9 @@ _MIGRATIONS: list[list[str]] = [
 
 SCHEMA_VERSION = len(_MIGRATIONS)
 
+# How long opening waits out another process that is creating or migrating the same file.
+_OPEN_BUSY_SECONDS = 30.0
+
 
 @dataclass(frozen=True, slots=True)
 class ShardRow:
@@ -237,13 +240,18 @@ class Ledger:
         conn.row_factory = sqlite3.Row
         ledger = cls(p, conn)
         try:
-            # Refuse a newer ledger before writing anything: switching to WAL rewrites the
-            # file header, which a newer schema may rely on being as it left it.
-            ledger._refuse_newer()
-            conn.execute("PRAGMA journal_mode=WAL")
-            conn.execute("PRAGMA synchronous=NORMAL")
-            conn.execute("PRAGMA foreign_keys=ON")
-            ledger._migrate()
+            ledger._prepare()
+        except sqlite3.OperationalError as exc:
+            conn.close()
+            if "locked" in str(exc) or "busy" in str(exc):
+                raise LedgerError(
+                    f"the ledger {p} stayed locked by another process for {_OPEN_BUSY_SECONDS:.0f} s",
+                    hint="check for another manifester run (or a tool holding the file open), then retry",
+                ) from exc
+            raise LedgerError(
+                f"the ledger {p} is not a manifester ledger or is damaged: {exc}",
+                hint="pass another --state path, or move this file away to start afresh",
+            ) from exc
         except sqlite3.DatabaseError as exc:
             conn.close()
             raise LedgerError(
@@ -254,6 +262,36 @@ class Ledger:
             conn.close()
             raise
         return ledger
+
+    def _prepare(self) -> None:
+        """Refuse a newer schema, switch to WAL and migrate, riding out a concurrent opener.
+
+        Two runs started together (a cron job overlapping a manual run) open the same new
+        file at once. SQLite answers some of those races ("database is locked" while the
+        other connection switches the journal mode or recovers the WAL) at once, without
+        waiting on the busy timeout, so the whole step is retried for a while; the run lock
+        taken afterwards is what then tells the second run that the first one holds the file.
+        """
+        deadline = time.monotonic() + _OPEN_BUSY_SECONDS
+        delay = 0.02
+        while True:
+            try:
+                # Refuse a newer ledger before writing anything: switching to WAL rewrites the
+                # file header, which a newer schema may rely on being as it left it.
+                self._refuse_newer()
+                self._conn.execute("PRAGMA journal_mode=WAL")
+                self._conn.execute("PRAGMA synchronous=NORMAL")
+                self._conn.execute("PRAGMA foreign_keys=ON")
+                self._migrate()
+                return
+            except sqlite3.OperationalError as exc:
+                busy = "locked" in str(exc) or "busy" in str(exc)
+                if not busy or time.monotonic() > deadline:
+                    raise
+                if self._conn.in_transaction:
+                    self._conn.execute("ROLLBACK")
+                time.sleep(delay)
+                delay = min(delay * 2, 0.5)
 
     def _stored_version(self) -> int:
         """The recorded schema version (0 for a new file), read without writing anything."""
@@ -286,9 +324,12 @@ class Ledger:
         conn.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
         # checked again: another process may have migrated the file since _refuse_newer
         self._refuse_newer()
-        version = self._stored_version()
-        for number in range(version + 1, SCHEMA_VERSION + 1):
+        for number in range(1, SCHEMA_VERSION + 1):
             with self.transaction():
+                # read inside the write transaction: a run opening the file at the same
+                # moment may have applied this step already
+                if self._stored_version() >= number:
+                    continue
                 for statement in _MIGRATIONS[number - 1]:
                     conn.execute(statement)
                 conn.execute("DELETE FROM schema_version")

@@ -253,15 +253,26 @@ def test_unsorted_listing_file_is_a_clear_error(tmp_path: Path) -> None:
 def test_sdk_warnings_are_one_redacted_line_without_traceback(capsys: pytest.CaptureFixture[str]) -> None:
     import logging
 
+    import botocore  # noqa: F401 - importing it adds its NullHandler, as in a real run
+
     from manifester.cli import _configure_logging
 
-    _configure_logging()
+    names = ("manifester", "botocore", "boto3", "google", "urllib3", "httpx")
+    saved = {n: (list(logging.getLogger(n).handlers), logging.getLogger(n).propagate, logging.getLogger(n).level) for n in names}
     try:
-        raise RuntimeError("boom")
-    except RuntimeError:
-        logging.getLogger("botocore.credentials").warning(
-            "refresh failed for https://b.example/k?X-Amz-Signature=deadbeef", exc_info=True
-        )
-    err = capsys.readouterr().err
+        _configure_logging()
+        try:
+            raise RuntimeError("boom")
+        except RuntimeError:
+            logging.getLogger("botocore.credentials").warning(
+                "refresh failed for https://b.example/k?X-Amz-Signature=deadbeef", exc_info=True
+            )
+        err = capsys.readouterr().err
+    finally:  # leave logging as other tests expect it
+        for name, (handlers, propagate, level) in saved.items():
+            logger = logging.getLogger(name)
+            logger.handlers[:] = handlers
+            logger.propagate = propagate
+            logger.setLevel(level)
     assert "WARNING: botocore.credentials: refresh failed" in err
     assert "deadbeef" not in err and "Traceback" not in err

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import multiprocessing
+import multiprocessing.synchronize
 import os
 import sqlite3
 import stat
@@ -176,3 +177,29 @@ def test_no_secret_columns(tmp_path: Path) -> None:
         }
     assert not {c for c in cols if "token" in c or "url" in c and c != "url_lifetime"}
     assert os.path.exists(tmp_path / "l.sqlite")
+
+
+def _open_at(path: str, start: multiprocessing.synchronize.Barrier, out: multiprocessing.Queue) -> None:  # type: ignore[type-arg]
+    start.wait(20)
+    try:
+        with Ledger.open(path) as ledger:
+            out.put(("ok", ledger.schema_version()))
+    except Exception as exc:  # reported to the parent, which asserts on it
+        out.put(("error", str(exc)))
+
+
+def test_runs_opening_one_new_file_at_once_all_get_it(tmp_path: Path) -> None:
+    # Two scheduled runs that start together both create and migrate the same new file;
+    # neither may see "database is locked" reported as a damaged ledger.
+    ctx = multiprocessing.get_context("fork")
+    for attempt in range(5):
+        path = str(tmp_path / f"l{attempt}.sqlite")
+        start = ctx.Barrier(6)
+        out = ctx.Queue()
+        procs = [ctx.Process(target=_open_at, args=(path, start, out)) for _ in range(6)]
+        for proc in procs:
+            proc.start()
+        results = [out.get(timeout=60) for _ in procs]
+        for proc in procs:
+            proc.join(20)
+        assert results == [("ok", SCHEMA_VERSION)] * 6, results

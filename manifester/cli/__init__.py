@@ -110,7 +110,9 @@ def _configure_logging() -> None:
     third_party.addFilter(_OneLineRedacted())
     for name in ("botocore", "boto3", "google", "urllib3", "httpx"):
         sdk_logger = logging.getLogger(name)
-        if not sdk_logger.handlers:
+        # botocore and boto3 add a NullHandler when imported; only a real handler (ours
+        # from an earlier call, or the embedding application's) means "already configured"
+        if all(isinstance(h, logging.NullHandler) for h in sdk_logger.handlers):
             sdk_logger.addHandler(third_party)
             sdk_logger.setLevel(max(level, logging.WARNING))
             sdk_logger.propagate = False
