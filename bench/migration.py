@@ -2,7 +2,8 @@
 
 Everything runs in this process: moto's S3 server (``ThreadedMotoServer``; its
 backend is seeded directly, which is fast) and the local Theos-compatible server,
-with ``manifester.migrate()`` and default options (canary 20, poll interval 1 s).
+with ``manifester.migrate()`` and default options (canary 20, poll interval 1 s,
+polls timed for the task's estimated end, at least 0.25 s apart).
 The Theos client is a subclass of ``TheosClient`` that only records when
 ``upload`` is called and what each task poll saw; nothing in manifester is patched.
 
@@ -151,21 +152,29 @@ def run(
                     f"{total_s:.1f} s; per shard, task end -> next upload call: upper bounds "
                     f"{', '.join(f'{u:.2f}' for u in uppers)} s, lower bounds {', '.join(f'{x:.2f}' for x in lowers)} s "
                     "(the end lies between the last poll that saw the task running and the first that saw it done; "
-                    "polling starts at 1 s and backs off)"
+                    f"{len(c.polls)} task polls in all: timed for the estimated end, >= 0.25 s apart)"
                 ),
             )
         )
 
         # ---------------------------------------------------------------- first upload
         firsts: dict[int, float] = {}
+        pages: dict[int, float] = {}
         listed: dict[int, float] = {}
         body = make_image(8, 8)
-        # Instrumentation from outside: note when the source listing is exhausted, to
-        # tell the server's listing time from manifester's own work before the canary.
+        # Instrumentation from outside: note how long the server took to answer the first
+        # ListObjectsV2 page (moto's cost per page grows with the bucket size, real S3's
+        # does not), and whether the listing ended before the canary went, to tell the
+        # server's time from manifester's own work before the canary.
+        first_page: list[float] = []
         list_end: list[float] = []
 
         def timed_list(self: Any, prefix: str | None = None) -> Any:
-            yield from real_list(self, prefix)
+            started = time.monotonic()
+            for i, obj in enumerate(real_list(self, prefix)):
+                if i == 0:
+                    first_page.append(time.monotonic() - started)
+                yield obj
             list_end.append(time.monotonic())
 
         S3Storage.list = timed_list  # type: ignore[method-assign]
@@ -186,15 +195,27 @@ def run(
             except _Stop:
                 pass
             firsts[n] = (c.uploads[0] - t0) if c.uploads else float("nan")
-            listed[n] = (list_end[-1] - t0) if list_end else float("nan")
+            pages[n] = first_page[0] if first_page else float("nan")
+            # the scan runs on in a background thread and is stopped with the run at the
+            # canary's upload, so the listing has normally not ended (nan)
+            listed[n] = (list_end[-1] - t0) if list_end and list_end[-1] <= c.uploads[0] else float("nan")
             list_end.clear()
+            first_page.clear()
             print(
-                f"first upload after {firsts[n]:.1f} s for {n:,} objects (seeded in {seeded:.1f} s)",
+                f"first upload after {firsts[n]:.2f} s for {n:,} objects, of which {pages[n]:.2f} s waiting for "
+                f"the first listing page (seeded in {seeded:.1f} s)",
                 file=sys.stderr,
             )
             backend.buckets.pop(bucket, None)  # free moto's memory before the next size
         small, big = first_sizes
         ratio = firsts[big] / firsts[small]
+        ours = {k: firsts[k] - pages[k] for k in firsts}
+        ours_ratio = ours[big] / ours[small]
+        listing_note = (
+            "the listing had not ended when the canary went"
+            if listed[big] != listed[big]  # nan
+            else f"the source listing ended after {listed[big]:.1f} s / {listed[small]:.1f} s, before the canary went"
+        )
         rows.append(
             Row(
                 figure=f"time to first upload ({big:,} objects)",
@@ -204,9 +225,23 @@ def run(
                 goal="<= 10 s, ratio <= 1.5",
                 met=yes(firsts[big] <= 10 and ratio <= 1.5),
                 note="moto in-process (seeded through its backend), local Theos server; from calling migrate() to the "
-                f"canary's upload call; the source listing itself ended after {listed[big]:.1f} s / {listed[small]:.1f} s "
-                "(moto's ListObjectsV2 page cost grows with the bucket size); migrate() records every object in the "
-                "ledger before it sends the canary",
+                "canary's upload call. migrate() streams: the scan records objects in a background thread and the "
+                "canary goes as soon as its 20 objects are committed (after the first 1,000-key page); "
+                f"{listing_note}. Of it, moto took {pages[big]:.2f} s / {pages[small]:.2f} s to answer the first "
+                f"ListObjectsV2 page (its cost per page grows with the bucket size; S3's does not): "
+                f"without it {ours[big]:.2f} s / {ours[small]:.2f} s, ratio {ours_ratio:.2f} (see the next row)",
+            )
+        )
+        rows.append(
+            Row(
+                figure=f"time to first upload, minus moto's first page ({big:,} objects)",
+                value=fmt_s(ours[big]),
+                baseline=f"{fmt_s(ours[small])} ({small:,} objects)",
+                ratio=f"{ours_ratio:.2f}",
+                goal="ratio <= 1.5",
+                met=yes(ours_ratio <= 1.5),
+                note="the same runs, minus the time from the listing's start to its first object (the server's "
+                "answer to the first ListObjectsV2 page): manifester's own time before the canary's upload",
             )
         )
     finally:

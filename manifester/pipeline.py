@@ -12,7 +12,11 @@ records every step in the :mod:`ledger <manifester.ledger>`. A run:
    shards go back to the queue (their URLs may have expired);
 4. scans the source exactly as ``build`` does and records, in batches, every object
    not yet in the dataset according to the ledger (an unchanged ETag is skipped; a
-   changed one only with ``changed="resend"``): the ledger holds the plan, not memory;
+   changed one only with ``changed="resend"``): the ledger holds the plan, not memory.
+   The scan runs in a background thread (:class:`_Scanner`) **while** shards are sent:
+   the canary goes out as soon as its first ``canary`` objects are committed, each
+   later shard as soon as a full shard's worth is, the last partial one when the
+   scan ends;
 5. sends a small **canary** shard first, then shards of at most ``max_entries`` /
    ``max_bytes``, one at a time, presigning and writing shard N+1 in a background
    thread while the server works on shard N;
@@ -37,7 +41,7 @@ import signal
 import tempfile
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -281,6 +285,105 @@ def _sigterm_as_interrupt() -> Iterator[None]:
         signal.signal(signal.SIGTERM, previous)
 
 
+# ---------------------------------------------------------------------------- the scanner
+
+
+@dataclass(frozen=True, slots=True)
+class _ScanProgress:
+    """What the background scan has committed so far."""
+
+    recorded: int  # objects recorded as pending by this scan
+    position: str | None  # the last key classified (recorded or skipped); keys come in listing order
+    done: bool
+    error: BaseException | None
+
+
+class _Scanner:
+    """Runs :meth:`_Run.record_candidates` in a background thread, with its own ledger connection.
+
+    Why a thread for the scan, and not for the uploads: the scan is a pure producer
+    whose only ledger writes are ``add_objects`` (one transaction per batch), so it
+    needs nothing but its own SQLite connection (connections are never shared
+    between threads). Everything else -- the shard state machine, every API call,
+    Ctrl-C/SIGTERM handling, the lock -- stays in the main thread exactly as before.
+    The main thread waits on this object's condition for "enough objects committed"
+    and stops it (and joins it, before the lock is released) however the run ends.
+    A kill -9 at any moment leaves committed batches in the ledger; the next run
+    lists again, and the ledger's (dataset, uri) uniqueness plus ``known()`` turn
+    those objects into "already queued", never into a second row.
+
+    With ``hold_for_canary``, the scan pauses once the canary's objects are committed
+    until :meth:`release` (the canary was sent): listing further pages (client CPU:
+    parsing XML pages) would only compete with publishing the canary, and if the
+    canary fails there was no point; the scan goes on while the canary task runs.
+    """
+
+    def __init__(self, run: _Run, *, hold_for_canary: bool = False) -> None:
+        self._run = run
+        self._hold = hold_for_canary and run.canary > 0
+        self._go = threading.Event()
+        self._cond = threading.Condition()
+        self._recorded = 0
+        self._position: str | None = None
+        self._done = False
+        self._error: BaseException | None = None
+        self._stop = threading.Event()
+        # daemon: a second Ctrl-C while joining must still let the process exit
+        self._thread = threading.Thread(target=self._main, name="manifester-scan", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def _main(self) -> None:
+        error: BaseException | None = None
+        try:
+            with Ledger.open(self._run.ledger.path) as ledger:
+                self._run.record_candidates(ledger=ledger, on_commit=self._committed, should_stop=self._stop.is_set)
+        except BaseException as exc:  # handed to the main thread, which raises it
+            error = exc
+        with self._cond:
+            self._error = error
+            self._done = True
+            self._cond.notify_all()
+
+    def _committed(self, recorded: int, last_key: str) -> None:
+        with self._cond:
+            self._recorded += recorded
+            self._position = last_key
+            self._cond.notify_all()
+            hold = self._hold and self._recorded >= self._run.canary
+        if hold:
+            while not (self._go.wait(0.5) or self._stop.is_set()):
+                pass
+
+    def release(self) -> None:
+        """Let a scan held for the canary go on."""
+        self._go.set()
+
+    def _snapshot(self) -> _ScanProgress:
+        return _ScanProgress(self._recorded, self._position, self._done, self._error)
+
+    def progress(self) -> _ScanProgress:
+        with self._cond:
+            return self._snapshot()
+
+    def wait(self, until: Callable[[_ScanProgress], bool]) -> _ScanProgress:
+        """Block until ``until(progress)`` holds (it always does once the scan is done)."""
+        with self._cond:
+            while True:
+                snap = self._snapshot()
+                if snap.done or until(snap):
+                    return snap
+                # a timeout keeps the main thread responsive to Ctrl-C on every platform
+                self._cond.wait(timeout=0.5)
+
+    def stop(self) -> None:
+        """Ask the scan to stop between two objects and wait for it (its last batch commits or not at all)."""
+        self._stop.set()
+        self._go.set()
+        self._thread.join()
+
+
 # ---------------------------------------------------------------------------- the run
 
 
@@ -329,20 +432,35 @@ class _Run:
         self.resumed = 0
         self.active_task: str | None = None
         self.poll_interval = 1.0
+        self.scanner: _Scanner | None = None
 
     # ------------------------------------------------------------ scan
-    def record_candidates(self, *, dry_run: bool = False) -> tuple[dict[str, int], list[int]]:
+    def record_candidates(
+        self,
+        *,
+        dry_run: bool = False,
+        ledger: Ledger | None = None,
+        on_commit: Callable[[int, str], None] | None = None,
+        should_stop: Callable[[], bool] | None = None,
+    ) -> tuple[dict[str, int], list[int]]:
         """Record the objects not yet in the dataset as pending (a dry run only counts them).
 
         Returns the new objects per split and, in a dry run, the length of each one's
-        key + external id + split (for the manifest-bytes estimate).
+        key + external id + split (for the manifest-bytes estimate). ``ledger`` is the
+        connection to write with (the scanner thread passes its own; default: the
+        run's). After each committed batch, ``on_commit(objects recorded, last key
+        classified)`` runs; ``should_stop()`` ends the scan early (between objects).
         """
+        ledger = ledger or self.ledger
         per_split: dict[str, int] = {}
         sizes: list[int] = []
         batch: list[NewObject] = []
+        # Small first batches, so that the canary's objects are committed after the
+        # first few listed keys rather than after _BATCH; then doubling up to _BATCH.
+        threshold = max(1, min(self.canary, _BATCH)) if (self.canary and on_commit is not None) else _BATCH
 
         def flush() -> None:
-            known = self.ledger.known(self.dataset_id, [o.uri for o in batch])
+            known = ledger.known(self.dataset_id, [o.uri for o in batch])
             todo: list[NewObject] = []
             for o in batch:
                 seen = known.get(o.uri)
@@ -368,13 +486,18 @@ class _Run:
                 if dry_run:
                     sizes.append(len(o.key) + len(o.external_id) + len(o.split))
             if todo and not dry_run:
-                self.ledger.add_objects(self.dataset_id, self.storage.root_uri, self.run_id, todo)
+                ledger.add_objects(self.dataset_id, self.storage.root_uri, self.run_id, todo)
+            if on_commit is not None:
+                on_commit(len(todo), batch[-1].key)
             batch.clear()
 
         for obj in _candidates(self.storage, self.options):
+            if should_stop is not None and should_stop():
+                return per_split, sizes  # the uncommitted batch is simply listed again next run
             batch.append(obj)
-            if len(batch) >= _BATCH:
+            if len(batch) >= threshold:
                 flush()
+                threshold = min(threshold * 2, _BATCH)
         if batch:
             flush()
         return per_split, sizes
@@ -410,20 +533,71 @@ class _Run:
         self.created += len(present)
 
     # ------------------------------------------------------------ sending
-    def _next_shard(self, first: bool) -> ShardRow | None:
+    def stream(self) -> None:
+        """Scan and send at the same time: the scan records objects in a background
+        thread (:class:`_Scanner`) while this thread sends shards as soon as they fill."""
+        # Hold the scan for the canary only when the queue is empty: objects an earlier
+        # run left queued go first, and those must be passed by the scan before they are
+        # sent (see _next_shard), so a held scan could never release them.
+        queued, _ = self.ledger.count_to_send(self.dataset_id)
+        scanner = _Scanner(self, hold_for_canary=queued == 0)
+        self.scanner = scanner
+        scanner.start()
+        try:
+            self.send_all()
+        finally:
+            scanner.stop()  # before the summary reads the scan's counters, and before the lock goes
+            self.scanner = None
+
+    def _next_shard(self, first: bool, *, wait: bool = True) -> ShardRow | None:
+        """Plan the next shard from the queue; None when there is nothing (more) to send.
+
+        While the scan runs, a shard is planned only once it is full (``canary`` or
+        ``max_entries`` objects queued; the scan's end releases a partial one), and only
+        with objects the scan has already passed: an object an earlier run left queued
+        must be classified by this scan *before* it is sent, or the scan would later
+        count it as "already present" (or re-queue it after a failure). With ``wait``
+        False, return None instead of waiting; a scan error is raised only when waiting.
+        """
         limit = self.max_entries
         kind = "normal"
         if first and self.canary > 0:
             limit = min(self.canary, self.max_entries)
             kind = "canary"
-        objects = self.ledger.next_to_send(self.dataset_id, limit)
+        root = self.storage.root_uri
+        scanner = self.scanner
+        while True:
+            # read the scan's progress before the queue: a batch committed in between wakes the wait below
+            progress = scanner.progress() if scanner is not None else None
+            objects = self.ledger.next_to_send(self.dataset_id, limit)
+            if progress is None or progress.done:
+                if progress is not None and progress.error is not None:
+                    if not wait:
+                        return None  # the caller follows its running task first, then waits and raises
+                    raise progress.error
+                break
+            need_key = max((o.key for o in objects if o.source_root == root), default=None)
+            target = progress.recorded + max(0, limit - len(objects))
+
+            def ready(p: _ScanProgress, target: int = target, need_key: str | None = need_key) -> bool:
+                passed = need_key is None or (p.position is not None and need_key <= p.position)
+                return p.recorded >= target and passed
+
+            if ready(progress):
+                break
+            if not wait:
+                return None
+            assert scanner is not None
+            scanner.wait(ready)
         if not objects:
             return None
         return self.ledger.plan_shard(self.run_id, self.dataset_id, [o.id for o in objects], kind=kind)
 
-    def _prepare(self, pool: ThreadPoolExecutor, first: bool, queued_before: int) -> tuple[ShardRow, Future[PublishedShard]] | None:
+    def _prepare(
+        self, pool: ThreadPoolExecutor, first: bool, queued_before: int, *, wait: bool = True
+    ) -> tuple[ShardRow, Future[PublishedShard]] | None:
         """Plan the next shard (main thread: the ledger) and publish it in the worker thread."""
-        shard = self._next_shard(first)
+        shard = self._next_shard(first, wait=wait)
         if shard is None:
             return None
         # the worker thread never touches the SQLite connection: it gets a snapshot
@@ -449,10 +623,12 @@ class _Run:
                 pending = None
                 published = self._await_published(shard, fut)
                 self._send(shard, published)
-                # prepare N+1 while the server works on N
-                pending = self._prepare(pool, False, published.entries)
+                if self.scanner is not None:
+                    self.scanner.release()  # the canary is out: list on while the server works
+                # prepare N+1 while the server works on N, if the scan has already filled it
+                pending = self._prepare(pool, False, published.entries, wait=False)
                 self._follow(self.ledger.shard(shard.id), resumed=False)
-                if pending is None:  # failures of the last shard may have been re-queued
+                if pending is None:  # wait for the scan; failures of N may have been re-queued
                     pending = self._prepare(pool, False, 0)
         finally:
             if pending is not None:
@@ -689,8 +865,7 @@ def _run(
             with _sigterm_as_interrupt():
                 try:
                     run.resume_unfinished()
-                    run.record_candidates()
-                    run.send_all()
+                    run.stream()
                     status = "done"
                 except KeyboardInterrupt:
                     status = "interrupted"

@@ -698,6 +698,7 @@ class TheosClient:
         max_interval: float = 10.0,
         timeout: float | None = None,
         on_progress: Callable[[Task], None] | None = None,
+        min_interval: float | None = None,
     ) -> Task:
         """Poll a task until it ends and return its last state (FAILURE is returned, not raised).
 
@@ -705,24 +706,58 @@ class TheosClient:
         progress, up to ``max_interval``; progress resets it. ``on_progress`` is called
         with every polled task. Raises TransientError if ``timeout`` seconds pass first.
 
+        With ``min_interval`` (``manifester.upload.follow`` passes 0.25 s) the polls
+        also follow the task, so that its end is seen soon after it happens: the
+        no-progress backoff starts at ``min_interval`` instead (a short task is seen
+        done within a fraction of a second), and once ``progress.current/total`` moves,
+        the end is estimated from the observed rate and the next poll is timed for it.
+        Polls are never closer than ``min_interval``; if the estimated end passes with
+        the task still running, the spacing grows by half again; and it is never longer
+        than the plain backoff would make it (at most ``max_interval``).
+
         >>> task = theos.wait_task(task_id, on_progress=lambda t: print(t.current, t.total))  # doctest: +SKIP
         >>> task.succeeded  # doctest: +SKIP
         True
         """
         start = self._clock()
-        interval = max(poll_interval, 0.0)
+        base = max(poll_interval, 0.0)
+        # the closest two polls may be (None: the plain backoff, as in earlier versions)
+        floor = None if min_interval is None else min(max(min_interval, 0.0), base)
+        interval = base if floor is None else floor
         last_seen: tuple[Any, ...] | None = None
+        samples: list[tuple[float, int]] = []  # (time, progress.current) of the last few polls
+        overdue = 0  # consecutive polls made when the estimate said the task should have ended
         while True:
             task = self.get_task(task_id)
+            now = self._clock()
             if on_progress is not None:
                 on_progress(task)
             if task.terminal:
                 return task
             seen = (task.state, task.current, task.total)
             if last_seen is not None and seen != last_seen:
-                interval = max(poll_interval, 0.0)
+                # progress resets the backoff; with min_interval, not upwards: a task that
+                # moves within its first second keeps the quick first steps until its
+                # rate is known (else a 1-2 s task would be seen done a whole second late)
+                interval = base if floor is None else min(base, interval)
             last_seen = seen
             delay = interval
+            if floor is not None:
+                eta: float | None = None
+                moved = False
+                if isinstance(task.current, int) and isinstance(task.total, int) and task.total > 0:
+                    moved = bool(samples) and task.current != samples[-1][1]
+                    samples = [*samples[-5:], (now, task.current)]
+                    (t0, c0), (t1, c1) = samples[0], samples[-1]
+                    if c1 > c0 and t1 > t0:  # moving: remaining work at the rate seen over the window
+                        eta = max(task.total - c1, 0) / ((c1 - c0) / (t1 - t0))
+                if eta is None or moved:
+                    overdue = 0  # still moving: the next estimate is fresh, poll for it
+                if eta is not None:
+                    delay = min(delay, max(eta, floor * 1.5**overdue))
+                    # the end is due by the next poll: if the task is then still running *without
+                    # progress* (e.g. finalising at 100 %), space the polls out again
+                    overdue = overdue + 1 if eta <= delay else 0
             if timeout is not None:
                 remaining = timeout - (self._clock() - start)
                 if remaining <= 0:
@@ -733,7 +768,7 @@ class TheosClient:
                     )
                 delay = min(delay, remaining)
             self._sleep(delay)
-            interval = min(max(interval * 1.5, poll_interval), max_interval)
+            interval = min(max(interval * 1.5, floor if floor is not None else base), max_interval)
 
     def stop_upload(self, dataset_id: str | int) -> None:
         """Stop the upload running on a dataset.

@@ -446,3 +446,150 @@ def test_dry_run_against_an_existing_ledger_and_dataset_only_reads(
     assert state.read_bytes() == before
     with Ledger.open(state) as ledger:
         assert len(ledger.runs()) == 1
+
+
+# ---------------------------------------------------------------------------- streaming
+
+
+class _GatedStorage:
+    """A real storage whose listing stops after ``at`` objects until ``gate`` is set (or 60 s pass).
+
+    ``gate_results`` records whether the gate was opened (True) or timed out (False);
+    ``fail`` raises it at the gate instead of going on.
+    """
+
+    def __init__(self, inner: Any, at: int, gate: threading.Event, fail: Exception | None = None) -> None:
+        self._inner = inner
+        self._at = at
+        self._gate = gate
+        self._fail = fail
+        self.gate_results: list[bool] = []
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._inner, name)
+
+    def list(self, prefix: str | None = None) -> Iterator[Any]:
+        for n, obj in enumerate(self._inner.list(prefix)):
+            if n == self._at:
+                self.gate_results.append(self._gate.wait(60))
+                if self._fail is not None:
+                    raise self._fail
+            yield obj
+
+
+def _folder_of_images(root: Path, n: int) -> Path:
+    from tests.support.theos_server import make_image
+
+    folder = root / "imgs"
+    folder.mkdir(parents=True)
+    body = make_image(4, 4)
+    for i in range(n):
+        (folder / f"img-{i:05d}.png").write_bytes(body)
+    return folder
+
+
+def _streaming_setup(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, n: int, fail: Exception | None = None) -> Any:
+    from manifester import pipeline
+    from tests.support.theos_server import StaticServer
+
+    web = StaticServer(tmp_path / "web")
+    folder = _folder_of_images(tmp_path / "web", n)
+    uploaded = threading.Event()
+    gated: list[_GatedStorage] = []
+    real_open = pipeline.open_storage
+
+    def open_storage(uri: str, **kw: Any) -> Any:
+        storage = real_open(uri, **kw)
+        if uri == str(folder):
+            # the builder works 1,000 listed objects at a time: hold the listing just after the first batch
+            gated.append(_GatedStorage(storage, 1000, uploaded, fail))
+            return gated[-1]
+        return storage
+
+    monkeypatch.setattr(pipeline, "open_storage", open_storage)
+    kw: dict[str, Any] = dict(
+        url_template=f"{web.url}/imgs/{{key}}", manifest_store=str(tmp_path / "web" / "store"),
+        manifest_base_url=f"{web.url}/store", state=tmp_path / "l.sqlite", canary=5, progress=False,
+        poll_interval=0.05,
+    )
+    return web, folder, uploaded, gated, kw
+
+
+def _scan_threads() -> list[threading.Thread]:
+    return [t for t in threading.enumerate() if t.name == "manifester-scan"]
+
+
+def test_canary_is_sent_while_the_source_is_still_being_listed_then_resume_is_exact(
+    theos: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from manifester.errors import Interrupted
+
+    n = 1010
+    web, folder, uploaded, gated, kw = _streaming_setup(tmp_path, monkeypatch, n)
+    tasks: list[str] = []
+
+    class Client(TheosClient):
+        interrupt = True
+
+        def upload(self, dataset_id: Any, manifest_url: str) -> str:
+            uploaded.set()
+            tasks.append(str(super().upload(dataset_id, manifest_url)))
+            return tasks[-1]
+
+        def get_task(self, task_id: str) -> Any:
+            if self.interrupt and task_id != tasks[0]:
+                raise KeyboardInterrupt  # Ctrl-C while following the second shard
+            return super().get_task(task_id)
+
+    def client() -> Client:
+        return Client(api_url=theos.url, project_key=theos.project_key, api_token=theos.token, timeout=10.0)
+
+    try:
+        with pytest.raises(Interrupted):
+            manifester.migrate(str(folder), dataset="Streaming", client=client(), **kw)
+        # the listing was held after its first 1,000 objects until the canary's upload released it:
+        # without streaming, the canary could only go after the whole listing (the gate would time out)
+        assert gated[0].gate_results == [True] and len(tasks) == 2
+        assert not _scan_threads()  # the background scan was stopped and joined
+        again = client()
+        again.interrupt = False
+        summary = manifester.migrate(str(folder), dataset="Streaming", client=again, **kw)
+    finally:
+        web.stop()
+    assert summary.ok, summary.lines()
+    assert summary.resumed_shards == 1  # the canary's task was followed, not sent again
+    content = dataset_content(fast_client(theos.url, theos), summary.dataset_id)
+    assert len(content) == len({e for e, _ in content}) == n
+    assert ledger_content(tmp_path / "l.sqlite", summary.dataset_id) == content
+    assert duplicates_sent(tmp_path / "l.sqlite", summary.dataset_id) == 0
+
+
+def test_a_listing_error_after_the_canary_stops_the_run_with_that_error(
+    theos: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from manifester.errors import SourceError
+
+    web, folder, uploaded, gated, kw = _streaming_setup(
+        tmp_path, monkeypatch, 1005, fail=SourceError("listing broke", hint="try again")
+    )
+
+    class Client(TheosClient):
+        def upload(self, dataset_id: Any, manifest_url: str) -> str:
+            uploaded.set()
+            return str(super().upload(dataset_id, manifest_url))
+
+    try:
+        with pytest.raises(SourceError, match="listing broke"):
+            manifester.migrate(str(folder), dataset="Broken", client=Client(
+                api_url=theos.url, project_key=theos.project_key, api_token=theos.token, timeout=10.0), **kw)
+    finally:
+        web.stop()
+    assert gated[0].gate_results == [True] and not _scan_threads()
+    with Ledger.open(tmp_path / "l.sqlite") as ledger:
+        shards = ledger.shards()
+        objects = ledger.objects(shards[0].dataset_id)
+    # the canary went and was followed to its end; what the scan recorded stays queued for the next run
+    assert [(s.kind, s.state) for s in shards] == [("canary", "done")]
+    assert sum(o.outcome == "created" for o in objects) == 5
+    # (committed batch by batch: the batch being filled when the listing broke is listed again next run)
+    assert {o.outcome for o in objects} == {"created", "pending"} and 5 < len(objects) <= 1000

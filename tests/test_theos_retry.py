@@ -340,6 +340,55 @@ def test_wait_task_survives_transient_poll_errors() -> None:
     assert task_client(script, clock).wait_task("t").succeeded
 
 
+def test_wait_task_times_its_polls_for_the_estimated_end() -> None:
+    """With min_interval, the first poll comes quickly, then the polls follow the observed rate."""
+    clock = FakeClock()
+    script = Script(task("PROGRESS", 10, 100), task("PROGRESS", 20, 100), task("PROGRESS", 60, 100),
+                    task("PROGRESS", 95, 100), task("SUCCESS", 100, 100))
+    final = task_client(script, clock).wait_task("t", poll_interval=1.0, max_interval=15.0, min_interval=0.25)
+    assert final.succeeded
+    # 0.25, 0.375: the quick first steps (growing by half), shorter than the 2 s estimated end;
+    # 0.5: the end is estimated 0.5 s away (40 left at 80/s); 0.25: 5 left (0.07 s), never closer
+    assert clock.sleeps == pytest.approx([0.25, 0.375, 0.5, 0.25])
+
+
+def test_wait_task_never_polls_closer_than_min_interval_and_backs_off_when_the_end_is_late() -> None:
+    clock = FakeClock()
+    # reaches 100 % quickly, then stays "PROGRESS" at 100/100 for a while (e.g. the server finalising)
+    script = Script(task("PROGRESS", 0, 100), task("PROGRESS", 50, 100), *[task("PROGRESS", 100, 100)] * 12,
+                    task("SUCCESS", 100, 100))
+    task_client(script, clock).wait_task("t", poll_interval=1.0, max_interval=4.0, min_interval=0.25)
+    assert min(clock.sleeps) >= 0.25 and max(clock.sleeps) <= 4.0
+    late = clock.sleeps[2:]
+    assert late == sorted(late) and late[-1] == 4.0  # growing again, up to max_interval: no hammering
+
+
+def test_wait_task_without_progress_information_keeps_the_backoff() -> None:
+    clock = FakeClock()
+    script = Script(*[ok({"state": "STARTED"})] * 12, task("SUCCESS", 10))
+    task_client(script, clock).wait_task("t", poll_interval=1.0, max_interval=5.0, min_interval=0.25)
+    assert clock.sleeps[:4] == pytest.approx([0.25, 0.375, 0.5625, 0.84375])
+    assert all(b == pytest.approx(min(a * 1.5, 5.0)) for a, b in zip(clock.sleeps, clock.sleeps[1:]))
+    assert clock.sleeps[-1] == 5.0
+
+
+def test_wait_task_estimate_never_waits_longer_than_the_plain_backoff() -> None:
+    clock = FakeClock()
+    # slow progress: the estimated end is far away, so the quick first steps, then the plain
+    # interval (reset to poll_interval by every change of progress) apply
+    script = Script(*[task("PROGRESS", i, 1000) for i in range(1, 9)], task("SUCCESS", 1000, 1000))
+    task_client(script, clock).wait_task("t", poll_interval=1.0, max_interval=15.0, min_interval=0.25)
+    assert clock.sleeps == pytest.approx([0.25, 0.375, 0.5625, 0.84375, 1.0, 1.0, 1.0, 1.0])
+
+
+def test_wait_task_min_interval_respects_the_timeout() -> None:
+    clock = FakeClock()
+    script = Script(ok({"state": "STARTED"}))
+    with pytest.raises(TransientError):
+        task_client(script, clock).wait_task("t", poll_interval=1.0, max_interval=2.0, timeout=3.0, min_interval=0.25)
+    assert sum(clock.sleeps) == pytest.approx(3.0)
+
+
 def test_unknown_task_is_not_found() -> None:
     script = Script(ok({"detail": "Not found."}, 404))
     with pytest.raises(NotFoundError) as info:

@@ -37,6 +37,7 @@ class FakeClient:
         return "task-1"
 
     def wait_task(self, task_id: str, **kw: Any) -> FakeTask:
+        self.wait_kwargs = kw
         for i in range(3):
             kw["on_progress"](FakeTask("PROGRESS", None, i, 2))
         return self.final
@@ -61,6 +62,14 @@ def test_follow_reads_the_result_and_shows_progress() -> None:
     outcome = follow(FakeClient(), "task-1", progress=True)
     assert (outcome.created, outcome.duplicates, outcome.failures) == (2, 0, ())
     assert outcome.summary()["created"] == 2
+
+
+def test_follow_times_polls_for_the_end_unless_told_not_to() -> None:
+    client = FakeClient()
+    follow(client, "task-1", progress=False, poll_interval=1.0)
+    assert client.wait_kwargs["min_interval"] == 0.25 and client.wait_kwargs["poll_interval"] == 1.0
+    follow(client, "task-1", progress=False, min_interval=None)  # a client with the older wait_task
+    assert "min_interval" not in client.wait_kwargs
 
 
 @pytest.mark.parametrize("state", ["FAILURE", "REVOKED"])
