@@ -171,7 +171,7 @@ def test_fast_s3_lister_matches_boto3_listing(s3_env: object, bucket_name: str) 
 
     keys = ["a b/c+d.jpg", "dir/", "x/%41#?.jpg", "z&<>\"'.jpg", "é/ü.png"]
     s3_env.make_bucket(bucket_name, {k: b"12" for k in keys})  # type: ignore[attr-defined]
-    store = S3Storage(bucket_name, page_size=2)
+    store = S3Storage(bucket_name, page_size=2, fast_list=False)
     try:
         assert list(list_objects_fast(store._client, bucket_name, page_size=2)) == list(
             store.list()
@@ -184,3 +184,52 @@ def test_fast_s3_lister_matches_boto3_listing(s3_env: object, bucket_name: str) 
         assert info.value.token is None
     finally:
         store.close()
+
+
+def test_s3_listing_goes_on_through_boto3_where_the_fast_path_stops(
+    s3_env: object, bucket_name: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from manifester.storage import s3_list
+    from manifester.storage.s3 import S3Storage
+
+    keys = [f"k{i:03d}.jpg" for i in range(25)]
+    s3_env.make_bucket(bucket_name, {k: b"12" for k in keys})  # type: ignore[attr-defined]
+    expected = [o.key for o in S3Storage(bucket_name, page_size=4, fast_list=False).list()]
+    assert expected == keys
+    fetch = s3_list._fetch
+    calls: list[str] = []
+
+    def fetch_failing_on_the_third_page(http: object, url: str) -> bytes:
+        calls.append(url)
+        if len(calls) == 3:
+            raise s3_list.FastListUnavailable("HTTP 503", None)
+        return fetch(http, url)
+
+    monkeypatch.setattr(s3_list, "_fetch", fetch_failing_on_the_third_page)
+    store = S3Storage(bucket_name, page_size=4)
+    assert store._fast_list
+    # every key once, in order: two pages came the fast way, the rest through boto3
+    assert [o.key for o in store.list()] == keys
+    assert len(calls) == 3
+
+
+def test_s3_listing_of_a_missing_bucket_is_the_usual_error(s3_env: object, bucket_name: str) -> None:
+    from manifester.errors import SourceNotFoundError
+    from manifester.storage.s3 import S3Storage
+
+    with pytest.raises(SourceNotFoundError) as info:
+        list(S3Storage(bucket_name + "-missing").list())
+    assert f"s3://{bucket_name}-missing" in str(info.value)
+
+
+def test_s3_listing_with_a_bad_ca_bundle_is_boto3s_error(
+    s3_env: object, bucket_name: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    from manifester.storage.s3 import S3Storage
+
+    s3_env.make_bucket(bucket_name, {"a.jpg": b"1"})  # type: ignore[attr-defined]
+    monkeypatch.setenv("AWS_CA_BUNDLE", str(tmp_path / "missing.pem"))
+    store = S3Storage(bucket_name)
+    assert store._fast_list and store._ca_bundle() == str(tmp_path / "missing.pem")
+    # the fast path cannot load it and steps aside; boto3 (plain http here) lists as before
+    assert [o.key for o in store.list()] == ["a.jpg"]

@@ -9,12 +9,12 @@ credentials are exactly the client's), fetches it with httpx, reads only
 ``Key``/``Size``/``ETag`` with ElementTree, and requests page N+1 (its continuation
 token is found in page N's bytes first) while page N is being parsed.
 
-It is opt-in (``S3Storage(..., fast_list=True)`` once wired): httpx follows the
-standard proxy and certificate environment variables but not boto3-only settings
-such as ``AWS_CA_BUNDLE`` or a proxy in ``~/.aws/config``. Any failure (HTTP
-error, unreachable endpoint, unexpected XML) raises :class:`FastListUnavailable`
-carrying the continuation token reached, so the caller can go on with boto3 from
-exactly there and report errors the usual way.
+``S3Storage.list`` uses it unless the client has boto3-only transport settings
+(``AWS_CA_BUNDLE`` or a CA bundle, proxies or a client certificate in
+``~/.aws/config``), which httpx would not see; ``S3Storage(..., fast_list=False)``
+turns it off. Any failure (HTTP error, unreachable endpoint, unexpected XML) raises
+:class:`FastListUnavailable` carrying the continuation token reached, so the caller
+goes on with boto3 from exactly there and reports errors the usual way.
 
     >>> for obj in list_objects_fast(storage._client, "photos", "2024/"):   # doctest: +SKIP
     ...     print(obj.key, obj.size)
@@ -61,13 +61,22 @@ def list_objects_fast(
     page_size: int | None = None,
     *,
     timeout: float = 60.0,
+    ca_bundle: str | None = None,
 ) -> Iterator[StorageObject]:
     """Yield every object under ``prefix`` in key order, like ``S3Storage.list``.
 
     Keys ending in ``/`` (folder markers) are skipped; ETags lose their quotes.
-    Raises :class:`FastListUnavailable` (with the resume token) on any problem.
+    ``ca_bundle`` is the certificate file boto3 verifies with (``AWS_CA_BUNDLE``),
+    if any. Raises :class:`FastListUnavailable` (with the resume token) on any problem.
     """
+    import ssl
+
     import httpx
+
+    try:
+        verify: ssl.SSLContext | bool = ssl.create_default_context(cafile=ca_bundle) if ca_bundle else True
+    except (OSError, ssl.SSLError) as exc:  # boto3 will name the bad bundle
+        raise FastListUnavailable(f"CA bundle: {type(exc).__name__}", None) from exc
 
     def url_for(token: str | None) -> str:
         params: dict[str, Any] = {"Bucket": bucket, "EncodingType": "url"}
@@ -86,7 +95,7 @@ def list_objects_fast(
     token: str | None = None
     pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="manifester-list")
     try:
-        with httpx.Client(timeout=timeout, http2=False) as http:
+        with httpx.Client(timeout=timeout, verify=verify) as http:
             try:
                 pending: Future[bytes] | None = pool.submit(_fetch, http, url_for(None))
             except (
@@ -129,6 +138,8 @@ def list_objects_fast(
                     if key.endswith("/"):
                         continue
                     size = item.findtext(_NS + "Size") or "0"
+                    if not size.isdigit():
+                        raise FastListUnavailable("an entry with an unreadable size", token)
                     etag = (item.findtext(_NS + "ETag") or "").strip('"') or None
                     objects.append(StorageObject(key=key, size=int(size), etag=etag))
                 # Yield only whole pages, so a failure on the next page resumes cleanly at its token.
