@@ -23,37 +23,21 @@ import statistics
 import subprocess
 import sys
 import time
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from common import CACHE, ROOT, Row, emit, fmt_s, parser, synthetic_keys, yes
+from common import (
+    ROOT,
+    Row,
+    emit,
+    fmt_s,
+    parser,
+    seed_seaweed_bucket,
+    start_cached_seaweedfs,
+    synthetic_keys,
+    yes,
+)
 
 BUCKET = "bench-list"
-MARKER = "zz-bench-seeded"
-
-
-def _seed(server: object, n: int) -> float:
-    client = server.client()  # type: ignore[attr-defined]
-    try:
-        client.head_object(Bucket=BUCKET, Key=f"{MARKER}-{n}")
-        return 0.0
-    except client.exceptions.ClientError:  # not seeded yet (404)
-        pass
-    t0 = time.perf_counter()
-    try:
-        client.create_bucket(Bucket=BUCKET)
-    except Exception as exc:  # already there from an interrupted seed
-        if "BucketAlready" not in str(exc):
-            raise
-    body = b"x" * 100
-
-    def put(key: str) -> None:
-        client.put_object(Bucket=BUCKET, Key=key, Body=body)
-
-    with ThreadPoolExecutor(16) as pool:
-        list(pool.map(put, synthetic_keys(n)))
-    client.put_object(Bucket=BUCKET, Key=f"{MARKER}-{n}", Body=b"")
-    return time.perf_counter() - t0
 
 
 def _timed(fn: object, repeat: int = 3) -> float:
@@ -68,19 +52,11 @@ def _timed(fn: object, repeat: int = 3) -> float:
 def run(n: int = 20_000) -> list[Row]:
     sys.path.insert(0, str(ROOT))
     from manifester.storage.s3 import S3Storage
-    from tests.support.storage_servers import start_seaweedfs
 
-    state = CACHE / "seaweed"
-    state.mkdir(parents=True, exist_ok=True)
-    server = start_seaweedfs(state)
+    server = start_cached_seaweedfs()
     rows: list[Row] = []
     try:
-        env = {k: v for k, v in server.env().items() if v}
-        for k, v in server.env().items():
-            if not v:
-                os.environ.pop(k, None)
-        os.environ.update(env)
-        seeded = _seed(server, n)
+        seeded = seed_seaweed_bucket(server, BUCKET, synthetic_keys(n))
         child_env = {k: v for k, v in os.environ.items()}
 
         store = S3Storage(BUCKET)

@@ -173,6 +173,8 @@ class S3Server:
     #: A second key pair the server also accepts (SeaweedFS only): credential rotation tests.
     alt_access_key: str | None = None
     alt_secret_key: str | None = field(default=None, repr=False)
+    #: SeaweedFS's filer HTTP API (no S3 signing): bulk seeding for benchmarks.
+    filer_url: str | None = None
 
     def env(self) -> dict[str, str]:
         """Environment for boto3 (and manifester) to use this server; blanks cloud vars.
@@ -355,6 +357,7 @@ def start_seaweedfs(tmpdir: str | os.PathLike[str], *, timeout: float = 90.0) ->
         _stopper=stopper,
         alt_access_key=alt_access,
         alt_secret_key=alt_secret,
+        filer_url=f"http://127.0.0.1:{filer}",
     )
     try:
         _wait_seaweed_ready(server, proc, root / "weed.log", timeout)
