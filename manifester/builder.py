@@ -30,13 +30,20 @@ from .ids import EXTERNAL_ID_MODES, external_ids_for
 from .records import SPLITS, Entry
 from .scan import DEFAULT_EXTENSIONS, ScanFilters, ScanStats, normalize_extensions, scan
 from .shard import MAX_BYTES, MAX_ENTRIES, ShardInfo, ShardWriter, check_limits
-from .split import DEFAULT_SPLIT, Splitter, SplitSpec, compile_group_by
+from .split import DEFAULT_SPLIT, SplitSpec, Splitter, compile_group_by
 from .storage import open_storage
 from .storage.base import Storage
-from .urls import DEFAULT_EXPIRES, URL_MODES, UrlMaker, check_template, make_url_maker, parse_duration
+from .urls import (
+    DEFAULT_EXPIRES,
+    URL_MODES,
+    UrlMaker,
+    check_template,
+    make_url_maker,
+    parse_duration,
+)
 from .validate import MAX_PROBLEMS, EntryValidator
 
-__all__ = ["BuildOptions", "Plan", "build", "iter_entries", "PLAN_NAME", "PLAN_VERSION"]
+__all__ = ["PLAN_NAME", "PLAN_VERSION", "BuildOptions", "Plan", "build", "iter_entries"]
 
 PLAN_NAME = "plan.json"
 PLAN_VERSION = 1

@@ -32,10 +32,10 @@ from .errors import ConfigError
 __all__ = [
     "DEFAULT_API_URL",
     "TheosSettings",
-    "load_config_file",
-    "theos_settings",
     "default_state_path",
     "env",
+    "load_config_file",
+    "theos_settings",
 ]
 
 DEFAULT_API_URL = "https://api.theos.ai"

@@ -50,13 +50,13 @@ from typing import Any
 from .errors import LedgerError, LockedError
 
 __all__ = [
-    "SCHEMA_VERSION",
-    "Ledger",
-    "ShardRow",
-    "ObjectRow",
-    "NewObject",
-    "SHARD_STATES",
     "OUTCOMES",
+    "SCHEMA_VERSION",
+    "SHARD_STATES",
+    "Ledger",
+    "NewObject",
+    "ObjectRow",
+    "ShardRow",
 ]
 
 SHARD_STATES = ("planned", "published", "sending", "uploading", "done", "failed")

@@ -73,12 +73,17 @@ from .upload import TaskOutcome, follow, redact, submit
 if TYPE_CHECKING:
     from .urls import UrlMode
 
-__all__ = ["Summary", "PlanReport", "FailedObject", "migrate", "ingest"]
+__all__ = ["FailedObject", "PlanReport", "Summary", "ingest", "migrate"]
 
 _BATCH = 2000
 #: Reconcile a 'sending' shard object by object up to this size; above it, re-send
 #: and let Theos count the already-created external ids as duplicates.
 _RECONCILE_LIMIT = 5000
+#: Before reconciling, wait until the dataset's example count has stayed the same for
+#: this long (an upload the server accepted unheard may still be importing), up to
+#: _SETTLE_MAX seconds; the next upload would wait for that task anyway (409).
+_SETTLE_QUIET = 3.0
+_SETTLE_MAX = 1800.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -516,6 +521,7 @@ class _Run:
 
     def _reconcile(self, shard: ShardRow) -> None:
         """The server may have received this shard without us recording its task id."""
+        self._settle()
         objects = self.ledger.shard_objects(shard.id)
         present: list[int] = []
         if len(objects) <= _RECONCILE_LIMIT:
@@ -531,6 +537,24 @@ class _Run:
             shard.id, present, f"reconciled after an unrecorded upload: {len(present)}/{len(objects)} present"
         )
         self.created += len(present)
+
+    def _settle(self) -> None:
+        """Wait while the dataset's example count still grows.
+
+        An upload whose answer was lost (or whose run was killed before it recorded the
+        task id) may still be importing: reconciling now would find only part of its
+        examples and re-send the rest, which Theos then counts as duplicates. The API
+        has no call that lists a dataset's running task, so watch the count instead.
+        """
+        quiet_for = max(_SETTLE_QUIET, 3 * self.poll_interval)
+        deadline = time.monotonic() + _SETTLE_MAX
+        last = self.client.get_dataset(self.dataset_id).total
+        stable_since = time.monotonic()
+        while time.monotonic() - stable_since < quiet_for and time.monotonic() < deadline:
+            time.sleep(min(self.poll_interval, quiet_for))
+            total = self.client.get_dataset(self.dataset_id).total
+            if total != last:
+                last, stable_since = total, time.monotonic()
 
     # ------------------------------------------------------------ sending
     def stream(self) -> None:

@@ -37,12 +37,12 @@ from .storage.base import Storage
 from .urls import UrlMode
 
 __all__ = [
-    "MAX_ENTRIES",
     "MAX_BYTES",
+    "MAX_ENTRIES",
     "LifetimePolicy",
-    "ShardItem",
     "PublishedShard",
     "Publisher",
+    "ShardItem",
     "parse_duration",
 ]
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-__all__ = ["StorageObject", "Entry", "SPLITS"]
+__all__ = ["SPLITS", "Entry", "StorageObject"]
 
 #: The three splits Theos knows, in the order they are always reported.
 SPLITS: tuple[str, ...] = ("train", "valid", "test")

@@ -27,9 +27,9 @@ import orjson
 from .errors import ConfigError, PublishError, ShardError
 
 __all__ = [
-    "MAX_ENTRIES",
-    "MAX_BYTES",
     "DEFAULT_NAME_FORMAT",
+    "MAX_BYTES",
+    "MAX_ENTRIES",
     "ShardInfo",
     "ShardPlanner",
     "ShardWriter",

@@ -35,7 +35,7 @@ from dataclasses import dataclass
 from .errors import ConfigError
 from .records import SPLITS
 
-__all__ = ["DEFAULT_SPLIT", "BUCKETS", "SplitSpec", "Splitter", "split_bucket"]
+__all__ = ["BUCKETS", "DEFAULT_SPLIT", "SplitSpec", "Splitter", "split_bucket"]
 
 DEFAULT_SPLIT = "train=80,valid=10,test=10"
 

@@ -47,7 +47,7 @@ import re
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import quote
 
@@ -66,16 +66,16 @@ from .errors import (
 )
 
 __all__ = [
-    "TheosClient",
+    "EXAMPLES_PER_PAGE",
+    "TERMINAL_STATES",
     "Dataset",
     "DatasetClass",
     "Example",
     "ExamplesPage",
     "Task",
+    "TheosClient",
     "UncertainOutcomeError",
     "redact_urls",
-    "TERMINAL_STATES",
-    "EXAMPLES_PER_PAGE",
 ]
 
 logger = logging.getLogger(__name__)
@@ -425,7 +425,7 @@ def _retry_after_seconds(response: httpx.Response) -> float | None:
     except (TypeError, ValueError, IndexError):
         return None
     if when.tzinfo is None:
-        when = when.replace(tzinfo=timezone.utc)
+        when = when.replace(tzinfo=UTC)
     # Measure against the server's own Date header when present, so a skewed local
     # clock does not turn "in 10 s" into "now" or "in an hour".
     now: datetime | None = None
@@ -434,11 +434,11 @@ def _retry_after_seconds(response: httpx.Response) -> float | None:
         try:
             now = email.utils.parsedate_to_datetime(date_header)
             if now.tzinfo is None:
-                now = now.replace(tzinfo=timezone.utc)
+                now = now.replace(tzinfo=UTC)
         except (TypeError, ValueError, IndexError):
             now = None
     if now is None:
-        now = datetime.now(timezone.utc)
+        now = datetime.now(UTC)
     return max(0.0, (when - now).total_seconds())
 
 

@@ -40,10 +40,10 @@ from .theos import redact_urls
 __all__ = [
     "ImageFailure",
     "TaskOutcome",
-    "submit",
     "follow",
     "parse_result",
     "redact",
+    "submit",
 ]
 
 # one redaction rule for the whole package: the API client's (re-exported here for the pipeline)

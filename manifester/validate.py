@@ -27,7 +27,7 @@ from jsonschema import Draft202012Validator
 
 from .errors import ConfigError
 
-__all__ = ["EntryValidator", "load_schema", "validate_manifest", "manifest_validator", "MAX_PROBLEMS"]
+__all__ = ["MAX_PROBLEMS", "EntryValidator", "load_schema", "manifest_validator", "validate_manifest"]
 
 #: How many problems a report lists before it stops counting them individually.
 MAX_PROBLEMS = 20

@@ -200,7 +200,7 @@ def test_classes_commands_and_task_waiting(api: tuple[Canned, str]) -> None:
 
 def test_examples_commands(api: tuple[Canned, str], tmp_path: Path) -> None:
     canned, url = api
-    page = lambda n, items: (200, {"page": n, "page_count": 2, "count": 3, "examples": items})  # noqa: E731
+    page = lambda n, items: (200, {"page": n, "page_count": 2, "count": 3, "examples": items})
     canned.set("POST", f"{P}/42/examples/", page(1, [EXAMPLE, {**EXAMPLE, "id": 1235, "external_id": "b"}]),
                page(2, [{**EXAMPLE, "id": 1236, "external_id": "c", "skipped": True}]),
                page(1, [EXAMPLE]))

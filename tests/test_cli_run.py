@@ -12,7 +12,7 @@ import pytest
 from manifester.cli import main
 from manifester.ledger import Ledger
 from tests.support.storage_servers import S3Server, unique_bucket_name
-from tests.test_migrate import PHOTOS, theos  # noqa: F401
+from tests.test_migrate import PHOTOS, theos
 
 _ = theos
 
@@ -28,7 +28,7 @@ def run_cli(args: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, s
 
 
 @pytest.fixture
-def setup(s3_env: S3Server, theos: Any, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> dict[str, str]:  # noqa: F811
+def setup(s3_env: S3Server, theos: Any, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> dict[str, str]:
     bucket = unique_bucket_name("cli")
     s3_env.seed_dir(bucket, PHOTOS / "animals")
     store = unique_bucket_name("climanifests")
@@ -111,7 +111,7 @@ def test_locked_ledger_exits_with_a_clear_message(setup: dict[str, str], capsys:
 
 @pytest.mark.parametrize("stop_remote", [False, True])
 def test_ctrl_c_stops_cleanly_with_exit_130_and_stop_remote_stops_the_upload(
-    stop_remote: bool, setup: dict[str, str], theos: Any, tmp_path: Path  # noqa: F811
+    stop_remote: bool, setup: dict[str, str], theos: Any, tmp_path: Path
 ) -> None:
     """SIGINT while a task runs: state recorded, exit 130, upload/stop/ only with --stop-remote; a re-run finishes."""
     import os
@@ -122,7 +122,13 @@ def test_ctrl_c_stops_cleanly_with_exit_130_and_stop_remote_stops_the_upload(
     import time
 
     import manifester
-    from tests.test_migrate import REPO, FaultProxy, dataset_content, fast_client, ledger_content
+    from tests.test_migrate import (
+        REPO,
+        FaultProxy,
+        dataset_content,
+        fast_client,
+        ledger_content,
+    )
 
     # task polls are slowed down so that the run is surely following a task when interrupted
     proxy = FaultProxy(theos.url, lambda m, kind, n: ("delay", 0.3) if kind == "task" else None)

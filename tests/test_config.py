@@ -6,7 +6,12 @@ from pathlib import Path
 
 import pytest
 
-from manifester.config import DEFAULT_API_URL, default_state_path, load_config_file, theos_settings
+from manifester.config import (
+    DEFAULT_API_URL,
+    default_state_path,
+    load_config_file,
+    theos_settings,
+)
 from manifester.errors import ConfigError
 
 

@@ -8,7 +8,13 @@ from typing import Any
 import manifester
 from manifester.ledger import Ledger
 from tests.support.storage_servers import S3Server, unique_bucket_name
-from tests.test_migrate import PHOTOS, dataset_content, fast_client, ledger_content, theos  # noqa: F401
+from tests.test_migrate import (
+    PHOTOS,
+    dataset_content,
+    fast_client,
+    ledger_content,
+    theos,
+)
 
 _ = theos  # the fixture, re-exported for this module
 
@@ -23,7 +29,7 @@ def _png(n: int) -> bytes:
     return buf.getvalue()
 
 
-def test_ingest_picks_up_new_and_changed_objects(s3_env: S3Server, theos: Any, tmp_path: Path) -> None:  # noqa: F811
+def test_ingest_picks_up_new_and_changed_objects(s3_env: S3Server, theos: Any, tmp_path: Path) -> None:
     bucket = unique_bucket_name("ingest")
     s3_env.seed_dir(bucket, PHOTOS / "animals")
     store = unique_bucket_name("imanifests")
@@ -68,7 +74,7 @@ def test_ingest_picks_up_new_and_changed_objects(s3_env: S3Server, theos: Any, t
     assert b"X-Amz-Signature" not in blob
 
 
-def test_ingest_prefix_source_and_dry_run(s3_env: S3Server, theos: Any, tmp_path: Path) -> None:  # noqa: F811
+def test_ingest_prefix_source_and_dry_run(s3_env: S3Server, theos: Any, tmp_path: Path) -> None:
     bucket = unique_bucket_name("iprefix")
     s3_env.seed_dir(bucket, PHOTOS)
     client = fast_client(theos.url, theos)

@@ -19,7 +19,13 @@ import httpx
 import pytest
 
 import manifester
-from manifester.errors import AuthError, LockedError, NotFoundError, PublishError, TaskFailedError
+from manifester.errors import (
+    AuthError,
+    LockedError,
+    NotFoundError,
+    PublishError,
+    TaskFailedError,
+)
 from manifester.ledger import Ledger
 from manifester.server import start_server
 from manifester.theos import TheosClient
@@ -593,3 +599,31 @@ def test_a_listing_error_after_the_canary_stops_the_run_with_that_error(
     assert sum(o.outcome == "created" for o in objects) == 5
     # (committed batch by batch: the batch being filled when the listing broke is listed again next run)
     assert {o.outcome for o in objects} == {"created", "pending"} and 5 < len(objects) <= 1000
+
+
+def test_reconcile_waits_while_an_unheard_upload_still_imports(monkeypatch: pytest.MonkeyPatch) -> None:
+    # After an upload whose answer was lost, the server may still be importing it: the
+    # per-object check must wait until the dataset stops growing, or it would re-send
+    # (and Theos would count as duplicates) what the lost task was about to create.
+    import types
+
+    from manifester import pipeline
+
+    monkeypatch.setattr(pipeline, "_SETTLE_QUIET", 0.3)
+    totals = iter([0, 3, 6, 9, 10])  # the lost task imports 10 images, then stays put
+    seen: list[int] = []
+
+    class Client:
+        def get_dataset(self, dataset_id: str) -> Any:
+            total = next(totals, 10)
+            seen.append(total)
+            return types.SimpleNamespace(total=total)
+
+    run = types.SimpleNamespace(client=Client(), dataset_id="1", poll_interval=0.05)
+    started = time.monotonic()
+    pipeline._Run._settle(run)  # type: ignore[arg-type]
+    waited = time.monotonic() - started
+    assert seen[:5] == [0, 3, 6, 9, 10]
+    # it returned only once the count had stayed at 10 for the quiet window
+    assert seen[5:] and set(seen[5:]) == {10}
+    assert waited >= 0.3

@@ -10,7 +10,13 @@ import pytest
 
 from manifester.errors import ConfigError, SourceError
 from manifester.records import StorageObject
-from manifester.scan import DEFAULT_EXTENSIONS, ScanFilters, ScanStats, compile_glob, scan
+from manifester.scan import (
+    DEFAULT_EXTENSIONS,
+    ScanFilters,
+    ScanStats,
+    compile_glob,
+    scan,
+)
 from manifester.storage.base import Storage
 
 

@@ -299,8 +299,9 @@ def test_example_by_id_and_external_id_and_media(populated: tuple[RunningServer,
         image = httpx.get(by_ext["image"])
         assert image.status_code == 200 and image.content == make_image(200, 100)
         assert by_ext["image"].startswith(server.url + "/")
-        from PIL import Image
         import io
+
+        from PIL import Image
 
         thumb = httpx.get(by_ext["thumbnail"])
         assert thumb.headers["content-type"] == "image/jpeg"
@@ -341,8 +342,9 @@ def test_awkward_external_ids_round_trip_through_the_client(
 
 
 def test_thumbnail_is_downscaled(theos_server: RunningServer, image_http_server: StaticServer) -> None:
-    from PIL import Image
     import io
+
+    from PIL import Image
 
     web = image_http_server
     with api(theos_server) as client:

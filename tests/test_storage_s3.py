@@ -175,7 +175,7 @@ def test_tampered_expired_and_unsigned_urls_fail(seaweed_env: S3Server, weed_pho
     tampered = url[: -len(sig)] + ("0" if sig[0] != "0" else "1") + sig[1:]
     other_key = url.replace(quote(sorted(KEYS)[0], safe="/~"), "plus+sign.jpg", 1)
     base = url.split("?")[0][: -len(quote(sorted(KEYS)[0], safe="/~"))]
-    old = amz_date(dt.datetime.now(dt.timezone.utc) - dt.timedelta(hours=2))
+    old = amz_date(dt.datetime.now(dt.UTC) - dt.timedelta(hours=2))
     expired = SigV4Presigner(base, "us-east-1", seaweed_env.access_key, seaweed_env.secret_key).presign(
         "plus+sign.jpg", 60, old
     )
@@ -201,7 +201,7 @@ def _write_process_credentials(path: Path, access: str, secret: str, expires_in:
     """What a `credential_process` prints: temporary keys with an expiry (rewritten to rotate them)."""
     import json
 
-    expiry = dt.datetime.now(dt.timezone.utc) + expires_in
+    expiry = dt.datetime.now(dt.UTC) + expires_in
     path.write_text(
         json.dumps(
             {

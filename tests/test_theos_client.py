@@ -25,7 +25,15 @@ from manifester.errors import (
     TransientError,
     ValidationError,
 )
-from manifester.theos import Dataset, DatasetClass, Example, ExamplesPage, Task, TheosClient, UncertainOutcomeError
+from manifester.theos import (
+    Dataset,
+    DatasetClass,
+    Example,
+    ExamplesPage,
+    Task,
+    TheosClient,
+    UncertainOutcomeError,
+)
 
 TOKEN = "tok-SECRET-9f8e7d6c"
 

@@ -8,7 +8,12 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from manifester.validate import EcmaDraft202012Validator, EntryValidator, load_schema, validate_manifest
+from manifester.validate import (
+    EcmaDraft202012Validator,
+    EntryValidator,
+    load_schema,
+    validate_manifest,
+)
 
 GOOD = [
     {"url": "https://bucket.s3.amazonaws.com/a%20b.jpg?X-Amz-Signature=abc", "split": "train", "external_id": "x"},

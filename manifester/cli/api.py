@@ -21,7 +21,7 @@ import click
 from ..config import theos_settings
 from ..errors import ConfigError, TaskFailedError, ValidationError
 
-__all__ = ["commands", "datasets", "classes", "examples", "tasks", "upload"]
+__all__ = ["classes", "commands", "datasets", "examples", "tasks", "upload"]
 
 # Imported lazily: the client pulls in httpx, which `manifester --help` does not need.
 if TYPE_CHECKING:  # pragma: no cover - typing only

@@ -22,7 +22,7 @@ import orjson
 from ..errors import ConfigError
 from .build import build_command
 
-__all__ = ["migrate_command", "ingest_command", "commands"]
+__all__ = ["commands", "ingest_command", "migrate_command"]
 
 # Options of `build` that have no meaning here: migrate writes its manifests to the
 # manifest store, and computes URL lifetimes itself (--url-lifetime fixes them).

@@ -34,7 +34,7 @@ if TYPE_CHECKING:
     from .store import Store
     from .tasks import TaskRunner
 
-__all__ = ["start_server", "RunningServer", "is_loopback", "INTERRUPTED_REASON"]
+__all__ = ["INTERRUPTED_REASON", "RunningServer", "is_loopback", "start_server"]
 
 INTERRUPTED_REASON = "server restarted while the task was running; it did not finish (send it again)"
 _log = logging.getLogger("manifester.server")

@@ -34,7 +34,7 @@ from .labels import LabelsProblem, LabelsValidator
 from .store import SPLITS, Store
 from .tasks import TaskRunner, UploadBusy
 
-__all__ = ["ServerContext", "create_app", "MAX_REQUEST_BYTES", "PAGE_SIZE"]
+__all__ = ["MAX_REQUEST_BYTES", "PAGE_SIZE", "ServerContext", "create_app"]
 
 MAX_REQUEST_BYTES = 16 * 1024 * 1024
 PAGE_SIZE = 100

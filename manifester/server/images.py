@@ -27,15 +27,15 @@ import httpx
 from PIL import Image, UnidentifiedImageError
 
 __all__ = [
-    "FetchError",
-    "ImageError",
-    "ProcessedImage",
-    "MediaStore",
-    "fetch",
-    "process_image",
-    "THUMBNAIL_SIDE",
     "MAX_IMAGE_BYTES",
     "MAX_IMAGE_PIXELS",
+    "THUMBNAIL_SIDE",
+    "FetchError",
+    "ImageError",
+    "MediaStore",
+    "ProcessedImage",
+    "fetch",
+    "process_image",
 ]
 
 THUMBNAIL_SIDE = 256

@@ -20,7 +20,7 @@ from typing import Any
 
 import jsonschema  # type: ignore[import-untyped]
 
-__all__ = ["LabelsValidator", "LabelsProblem"]
+__all__ = ["LabelsProblem", "LabelsValidator"]
 
 
 class LabelsProblem(Exception):

@@ -27,7 +27,7 @@ from typing import Any
 
 from ..errors import LedgerError
 
-__all__ = ["Store", "StoreClosed", "ACTIVE_STATES", "TERMINAL_STATES", "SPLITS", "now_iso"]
+__all__ = ["ACTIVE_STATES", "SPLITS", "TERMINAL_STATES", "Store", "StoreClosed", "now_iso"]
 
 SCHEMA_VERSION = 1
 SPLITS = ("train", "valid", "test")

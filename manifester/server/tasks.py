@@ -41,7 +41,7 @@ from .images import (
 )
 from .store import ACTIVE_STATES, Store, StoreClosed
 
-__all__ = ["TaskRunner", "UploadBusy", "ManifestProblem", "parse_manifest", "task_object", "MANIFEST_MAX_BYTES"]
+__all__ = ["MANIFEST_MAX_BYTES", "ManifestProblem", "TaskRunner", "UploadBusy", "parse_manifest", "task_object"]
 
 MANIFEST_MAX_BYTES = 100_000_000
 MANIFEST_MAX_ENTRIES = 100_000

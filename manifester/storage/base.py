@@ -73,5 +73,5 @@ class Storage(ABC):
         """The longest lifetime the current credentials allow (SigV4 and V4: 7 days)."""
         return 7 * 24 * 3600
 
-    def close(self) -> None:  # noqa: B027 - optional hook
+    def close(self) -> None:
         """Release clients / pools; optional."""

@@ -29,7 +29,7 @@ from collections.abc import Iterable, Iterator
 from concurrent.futures import Executor, ProcessPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import quote, urlsplit
 
@@ -80,7 +80,7 @@ def v4_timestamp(now: datetime | None = None) -> str:
     >>> v4_timestamp(datetime(2024, 5, 1, 12, 0, tzinfo=timezone.utc))
     '20240501T120000Z'
     """
-    now = (now or datetime.now(timezone.utc)).astimezone(timezone.utc)
+    now = (now or datetime.now(UTC)).astimezone(UTC)
     return now.strftime("%Y%m%dT%H%M%SZ")
 
 

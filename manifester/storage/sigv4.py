@@ -26,7 +26,7 @@ import hashlib
 import hmac
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from urllib.parse import quote, urlsplit
 
 __all__ = ["SigV4Presigner", "amz_date", "host_header"]
@@ -41,9 +41,9 @@ def amz_date(now: datetime | None = None) -> str:
     >>> amz_date(datetime(2024, 5, 1, 12, 0, 0, tzinfo=timezone.utc))
     '20240501T120000Z'
     """
-    now = now or datetime.now(timezone.utc)
+    now = now or datetime.now(UTC)
     if now.tzinfo is not None:
-        now = now.astimezone(timezone.utc)
+        now = now.astimezone(UTC)
     return now.strftime("%Y%m%dT%H%M%SZ")
 
 

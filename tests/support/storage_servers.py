@@ -51,14 +51,14 @@ from typing import Any
 import pytest
 
 __all__ = [
-    "S3Server",
+    "CLOUD_ENV_VARS",
     "GCSServer",
+    "S3Server",
+    "free_port",
+    "start_fake_gcs",
     "start_moto",
     "start_seaweedfs",
-    "start_fake_gcs",
     "unique_bucket_name",
-    "free_port",
-    "CLOUD_ENV_VARS",
 ]
 
 #: Variables that could point an SDK at a real cloud account or change how it
@@ -370,9 +370,8 @@ def start_seaweedfs(tmpdir: str | os.PathLike[str], *, timeout: float = 90.0) ->
 def _wait_seaweed_ready(server: S3Server, proc: subprocess.Popen[bytes], log: Path, timeout: float) -> None:
     # Ready means: S3 answers *and* a write goes through (the filer and a
     # volume are up); a probe bucket is created, written, and removed.
-    from botocore.config import Config
-
     import boto3
+    from botocore.config import Config
 
     c = boto3.session.Session().client(
         "s3",

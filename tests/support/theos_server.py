@@ -36,7 +36,7 @@ import pytest
 
 from manifester.server import RunningServer, start_server
 
-__all__ = ["StaticServer", "make_image", "corrupt_image", "api", "wait_task", "TERMINAL"]
+__all__ = ["TERMINAL", "StaticServer", "api", "corrupt_image", "make_image", "wait_task"]
 
 TERMINAL = ("SUCCESS", "FAILURE", "REVOKED")
 
@@ -105,7 +105,7 @@ class StaticServer:
             def __init__(self, *args: Any, **kwargs: Any) -> None:
                 super().__init__(*args, directory=str(outer.root), **kwargs)
 
-            def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - stdlib signature
+            def log_message(self, format: str, *args: Any) -> None:
                 pass
 
             def do_GET(self) -> None:
