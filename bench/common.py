@@ -97,12 +97,17 @@ def start_cached_seaweedfs() -> Any:
     state = CACHE / "seaweed"
     state.mkdir(parents=True, exist_ok=True)
     server = start_seaweedfs(state)
+    use_server_env(server)
+    return server
+
+
+def use_server_env(server: Any) -> None:
+    """Point this process's environment (boto3, manifester) at ``server``; ``""`` values unset."""
     for k, v in server.env().items():
         if v:
             os.environ[k] = v
         else:
             os.environ.pop(k, None)
-    return server
 
 
 def seed_seaweed_bucket(server: Any, bucket: str, keys: Sequence[str], body: bytes = b"x" * 100) -> float:

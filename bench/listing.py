@@ -80,6 +80,7 @@ def run(n: int = 20_000) -> list[Row]:
             server.endpoint_url,
         ]
         aws_s: float | None = None
+        aws_lines = 0
         if Path(aws).exists():
             aws_lines = subprocess.run(
                 aws_cmd, capture_output=True, text=True, env=child_env, check=True
@@ -137,50 +138,23 @@ def run(n: int = 20_000) -> list[Row]:
             note=f"same objects, same order: {yes(same)}",
         )
     )
-    if aws_s is not None:
+    tools = (
+        ("awscli", aws_s, "aws s3 ls --recursive, {lines:,} lines", "awscli not installed", note),
+        ("s5cmd", s5_s, "s5cmd ls", "s5cmd does not run here", ""),
+    )
+    for tool, tool_s, label, missing, tool_note in tools:
+        if tool_s is None:
+            rows.append(Row(f"listing {count:,} objects vs {tool}", fmt_s(ours), missing, "-", "<= 1.0", "n/a", tool_note))
+            continue
         rows.append(
             Row(
-                figure=f"listing {count:,} objects (SeaweedFS) vs awscli",
+                figure=f"listing {count:,} objects (SeaweedFS) vs {tool}",
                 value=fmt_s(ours),
-                baseline=f"{fmt_s(aws_s)} (aws s3 ls --recursive, {aws_lines:,} lines)",
-                ratio=f"{ours / aws_s:.2f}",
+                baseline=f"{fmt_s(tool_s)} ({label.format(lines=aws_lines)})",
+                ratio=f"{ours / tool_s:.2f}",
                 goal="<= 1.0 (parallel: 0.5)",
-                met=yes(ours <= aws_s),
-                note=note,
-            )
-        )
-    else:
-        rows.append(
-            Row(
-                f"listing {count:,} objects vs awscli",
-                fmt_s(ours),
-                "awscli not installed",
-                "-",
-                "<= 1.0",
-                "n/a",
-                note,
-            )
-        )
-    if s5_s is not None:
-        rows.append(
-            Row(
-                figure=f"listing {count:,} objects (SeaweedFS) vs s5cmd",
-                value=fmt_s(ours),
-                baseline=f"{fmt_s(s5_s)} (s5cmd ls)",
-                ratio=f"{ours / s5_s:.2f}",
-                goal="<= 1.0 (parallel: 0.5)",
-                met=yes(ours <= s5_s),
-            )
-        )
-    else:
-        rows.append(
-            Row(
-                f"listing {count:,} objects vs s5cmd",
-                fmt_s(ours),
-                "s5cmd does not run here",
-                "-",
-                "<= 1.0",
-                "n/a",
+                met=yes(ours <= tool_s),
+                note=tool_note,
             )
         )
     return rows

@@ -21,7 +21,6 @@ process). The Theos client is a subclass of ``TheosClient`` that only records wh
 
 from __future__ import annotations
 
-import os
 import shutil
 import sys
 import tempfile
@@ -39,6 +38,7 @@ from common import (
     seed_seaweed_bucket,
     start_cached_seaweedfs,
     synthetic_keys,
+    use_server_env,
     yes,
 )
 
@@ -106,11 +106,7 @@ def run(
     theos = start_server(work / "theos")
     rows: list[Row] = []
     try:
-        for k, v in moto.env().items():
-            if v:
-                os.environ[k] = v
-            else:
-                os.environ.pop(k, None)
+        use_server_env(moto)
         s3 = moto.client()
         backend = get_backend("s3")["123456789012"]["global"]
         s3.create_bucket(Bucket="bench-manifests")

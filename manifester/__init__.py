@@ -64,43 +64,7 @@ _LAZY: dict[str, str] = {
     "start_server": "server",
 }
 
-# spelled out (not built from _LAZY and errors.__all__) so that linters, type checkers and
-# IDEs see the public names; tests/test_public_api.py checks it against both
-__all__ = [
-    "AuthError",
-    "BadRequestError",
-    "BuildOptions",
-    "BusyError",
-    "ConfigError",
-    "CredentialsError",
-    "Dataset",
-    "DatasetClass",
-    "Example",
-    "Interrupted",
-    "LedgerError",
-    "LockedError",
-    "ManifesterError",
-    "MissingExtraError",
-    "NotFoundError",
-    "Plan",
-    "PublishError",
-    "ShardError",
-    "SourceError",
-    "SourceNotFoundError",
-    "Summary",
-    "Task",
-    "TaskFailedError",
-    "TheosClient",
-    "TheosError",
-    "TransientError",
-    "ValidationError",
-    "__version__",
-    "build",
-    "ingest",
-    "migrate",
-    "open_storage",
-    "start_server",
-]
+__all__ = ["__version__", *_LAZY, *errors.__all__]
 
 
 def __getattr__(name: str) -> Any:

@@ -19,7 +19,6 @@ a second table: each key must either be built into a URL that really fetches tha
 from __future__ import annotations
 
 import json
-import os
 import socket
 import sqlite3
 import subprocess
@@ -35,7 +34,7 @@ from botocore.exceptions import ClientError  # type: ignore[import-untyped]
 
 from manifester.server import RunningServer, start_server
 from tests.support.fault_proxy import FaultProxy
-from tests.support.storage_servers import S3Server, unique_bucket_name
+from tests.support.storage_servers import S3Server, subprocess_env, unique_bucket_name
 from tests.support.theos_server import StaticServer, make_image
 
 REPO = Path(__file__).resolve().parent.parent
@@ -65,25 +64,10 @@ class World:
     proxies: dict[str, FaultProxy] = field(default_factory=dict)
 
     def base_env(self, tmp: Path) -> dict[str, str]:
-        env = {
-            k: v
-            for k, v in os.environ.items()
-            if not k.startswith(
-                (
-                    "AWS_",
-                    "THEOS_",
-                    "MANIFESTER_",
-                    "GOOGLE_",
-                    "CLOUDSDK_",
-                    "STORAGE_EMULATOR",
-                )
-            )
-        }
-        for k, v in self.s3.env().items():
-            if v:
-                env[k] = v
-            else:
-                env.pop(k, None)
+        env = subprocess_env(
+            self.s3,
+            drop=("AWS_", "THEOS_", "MANIFESTER_", "GOOGLE_", "CLOUDSDK_", "STORAGE_EMULATOR"),
+        )
         env.update(
             THEOS_API_URL=self.theos.url,
             THEOS_PROJECT_KEY=self.theos.project_key,
@@ -765,16 +749,7 @@ def test_awkward_keys_are_built_correctly_or_named(
 ) -> None:
     """Every stored key ends up as a URL that fetches exactly its bytes, or an error naming it."""
     s3, bucket, _ = awkward_bucket
-    env = {
-        k: v
-        for k, v in os.environ.items()
-        if not k.startswith(("AWS_", "THEOS_", "MANIFESTER_"))
-    }
-    for k, v in s3.env().items():
-        if v:
-            env[k] = v
-        else:
-            env.pop(k, None)
+    env = subprocess_env(s3, drop=("AWS_", "THEOS_", "MANIFESTER_"))
     out = tmp_path / "out"
     proc = subprocess.run(
         [

@@ -44,8 +44,8 @@ from manifester.errors import ManifesterError, PublishError, TaskFailedError
 from manifester.ledger import Ledger
 from manifester.server import RunningServer, start_server
 from manifester.theos import TheosClient
-from tests.support.fault_proxy import ALL_FAULTS, FaultProxy
-from tests.support.storage_servers import S3Server, unique_bucket_name
+from tests.support.fault_proxy import AFTER_FAULTS, ALL_FAULTS, FaultProxy
+from tests.support.storage_servers import S3Server, subprocess_env, unique_bucket_name
 from tests.support.theos_server import StaticServer, make_image
 
 LONG = os.environ.get("MANIFESTER_CHAOS", "").lower() == "long"
@@ -123,16 +123,7 @@ class Source:
         assert len(self.expected) == N_IMAGES
 
     def env(self, theos: RunningServer, api_url: str | None = None) -> dict[str, str]:
-        env = {
-            k: v
-            for k, v in os.environ.items()
-            if not k.startswith(("AWS_", "THEOS_", "MANIFESTER_"))
-        }
-        for k, v in self.s3.env().items():
-            if v:
-                env[k] = v
-            else:
-                env.pop(k, None)
+        env = subprocess_env(self.s3, drop=("AWS_", "THEOS_", "MANIFESTER_"))
         env.update(
             THEOS_API_URL=api_url or theos.url,
             THEOS_PROJECT_KEY=theos.project_key,
@@ -242,12 +233,16 @@ def verify(
 
 
 def _migrate_argv(source: Source, name: str, state: Path, prefix: str) -> list[str]:
+    return _run_argv("migrate", source, ["--dataset", name], state, prefix)
+
+
+def _run_argv(command: str, source: Source, dataset: list[str], state: Path, prefix: str) -> list[str]:
+    """``manifester migrate|ingest`` of the source bucket in small shards, without progress bars."""
     return [
         MANIFESTER,
-        "migrate",
+        command,
         f"s3://{source.bucket}",
-        "--dataset",
-        name,
+        *dataset,
         "--manifest-store",
         f"s3://{source.store}/{prefix}",
         "--state",
@@ -450,15 +445,7 @@ def test_upload_answer_lost_after_the_server_acted(
 ) -> None:
     """Every kind of "the server acted, the client never heard" on upload/: reconciled, never sent twice."""
     proxy = FaultProxy(theos.url, slow_seconds=1.2)
-    after = [
-        "500_after",
-        "reset_after",
-        "reset_mid_body",
-        "slow",
-        "truncated_json",
-        "html_200",
-        "wrong_shape",
-    ]
+    after = AFTER_FAULTS
     for (
         kind
     ) in after:  # rules fire in order: the first upload gets the first kind, and so on
@@ -673,22 +660,7 @@ def test_two_ingest_runs_on_one_ledger(
     with fast_client(theos.url, theos) as client:
         dataset_id = str(client.create_dataset("Ingest").id)
     state = tmp_path / "l.sqlite"
-    argv = [
-        MANIFESTER,
-        "ingest",
-        f"s3://{source.bucket}",
-        "--dataset-id",
-        dataset_id,
-        "--manifest-store",
-        f"s3://{source.store}/ingest",
-        "--state",
-        str(state),
-        "--canary",
-        CANARY,
-        "--max-entries",
-        SHARD,
-        "--no-progress",
-    ]
+    argv = _run_argv("ingest", source, ["--dataset-id", dataset_id], state, "ingest")
     barrier = threading.Barrier(2)
     results: list[subprocess.CompletedProcess[bytes]] = []
 

@@ -39,7 +39,12 @@ import manifester
 from manifester.server import RunningServer, start_server
 from manifester.theos import TheosClient
 from tests.support.fault_proxy import FaultProxy
-from tests.support.storage_servers import GCSServer, S3Server, unique_bucket_name
+from tests.support.storage_servers import (
+    GCSServer,
+    S3Server,
+    subprocess_env,
+    unique_bucket_name,
+)
 from tests.support.theos_server import StaticServer, make_image, wait_task
 
 MANIFESTER = str(Path(sys.executable).parent / "manifester")
@@ -72,16 +77,7 @@ def theos(tmp_path: Path) -> Iterator[RunningServer]:
 
 
 def _env(s3: S3Server, theos: RunningServer, **extra: str) -> dict[str, str]:
-    env = {
-        k: v
-        for k, v in os.environ.items()
-        if not k.startswith(("AWS_", "THEOS_", "MANIFESTER_"))
-    }
-    for k, v in s3.env().items():
-        if v:
-            env[k] = v
-        else:
-            env.pop(k, None)
+    env = subprocess_env(s3, drop=("AWS_", "THEOS_", "MANIFESTER_"))
     env.update(
         THEOS_API_URL=theos.url,
         THEOS_PROJECT_KEY=theos.project_key,
@@ -288,8 +284,7 @@ def test_failures_and_retries_log_no_secret(
 
 def test_build_plan_and_json_hold_no_signature(photos: Any, tmp_path: Path) -> None:
     s3, bucket, _, _ = photos
-    env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
-    env.update({k: v for k, v in s3.env().items() if v})
+    env = subprocess_env(s3)
     out = tmp_path / "out"
     r = subprocess.run(
         [MANIFESTER, "build", f"s3://{bucket}", "--out", str(out), "--json"],
@@ -316,12 +311,7 @@ def test_gcs_signatures_do_not_leak(fake_gcs: GCSServer, tmp_path: Path) -> None
     fake_gcs.make_bucket(
         bucket, {f"g/{i}.png": make_image(10 + i, 10) for i in range(3)}
     )
-    env = {
-        k: v
-        for k, v in os.environ.items()
-        if not k.startswith(("GOOGLE_", "STORAGE_EMULATOR"))
-    }
-    env.update({k: v for k, v in fake_gcs.env().items() if v})
+    env = subprocess_env(fake_gcs, drop=("GOOGLE_", "STORAGE_EMULATOR"))
     out = tmp_path / "out"
     r = subprocess.run(
         [MANIFESTER, "build", f"gs://{bucket}", "--out", str(out), "--json"],

@@ -58,6 +58,7 @@ __all__ = [
     "start_fake_gcs",
     "start_moto",
     "start_seaweedfs",
+    "subprocess_env",
     "unique_bucket_name",
 ]
 
@@ -592,6 +593,23 @@ def apply_env(monkeypatch: pytest.MonkeyPatch, values: Mapping[str, str]) -> Non
             monkeypatch.delenv(k, raising=False)
         else:
             monkeypatch.setenv(k, v)
+
+
+def subprocess_env(*servers: S3Server | GCSServer, drop: tuple[str, ...] = ("AWS_",)) -> dict[str, str]:
+    """Environment for a ``manifester`` subprocess that talks to ``servers``.
+
+    This process's environment without the variables whose names start with ``drop``
+    (a developer's own cloud or Theos settings), then each server's ``env()`` applied
+    (``""`` there means: unset).
+    """
+    env = {k: v for k, v in os.environ.items() if not k.startswith(drop)}
+    for server in servers:
+        for k, v in server.env().items():
+            if v:
+                env[k] = v
+            else:
+                env.pop(k, None)
+    return env
 
 
 # --------------------------------------------------------------------------- fixtures
