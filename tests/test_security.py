@@ -282,20 +282,24 @@ def test_failures_and_retries_log_no_secret(
             assert not secrets_in(path.read_bytes(), secrets), path
 
 
-def test_build_plan_and_json_hold_no_signature(photos: Any, tmp_path: Path) -> None:
-    s3, bucket, _, _ = photos
-    env = subprocess_env(s3)
-    out = tmp_path / "out"
+def _build_json(source: str, env: dict[str, str], out: Path) -> tuple[subprocess.CompletedProcess[bytes], str, set[str]]:
+    """``manifester build SOURCE --json`` into ``out``: the process, its manifests' text, their signatures."""
     r = subprocess.run(
-        [MANIFESTER, "build", f"s3://{bucket}", "--out", str(out), "--json"],
+        [MANIFESTER, "build", source, "--out", str(out), "--json"],
         env=env,
         capture_output=True,
         check=False,
         timeout=60,
     )
     assert r.returncode == 0, r.stderr.decode()
-    manifests = b"".join(p.read_bytes() for p in out.glob("manifest-*.json"))
-    signatures = {m.group(1) for m in SIGNATURE.finditer(manifests.decode())}
+    manifests = b"".join(p.read_bytes() for p in out.glob("manifest-*.json")).decode()
+    return r, manifests, {m.group(1) for m in SIGNATURE.finditer(manifests)}
+
+
+def test_build_plan_and_json_hold_no_signature(photos: Any, tmp_path: Path) -> None:
+    s3, bucket, _, _ = photos
+    out = tmp_path / "out"
+    r, _, signatures = _build_json(f"s3://{bucket}", subprocess_env(s3), out)
     assert signatures
     secrets = {s3.secret_key, *signatures}
     for name, text in {
@@ -313,16 +317,7 @@ def test_gcs_signatures_do_not_leak(fake_gcs: GCSServer, tmp_path: Path) -> None
     )
     env = subprocess_env(fake_gcs, drop=("GOOGLE_", "STORAGE_EMULATOR"))
     out = tmp_path / "out"
-    r = subprocess.run(
-        [MANIFESTER, "build", f"gs://{bucket}", "--out", str(out), "--json"],
-        env=env,
-        capture_output=True,
-        check=False,
-        timeout=60,
-    )
-    assert r.returncode == 0, r.stderr.decode()
-    manifests = b"".join(p.read_bytes() for p in out.glob("manifest-*.json")).decode()
-    signatures = {m.group(1) for m in SIGNATURE.finditer(manifests)}
+    r, manifests, signatures = _build_json(f"gs://{bucket}", env, out)
     assert signatures and "X-Goog-Signature" in manifests
     private_key = json.loads(Path(fake_gcs.credentials_file).read_text())["private_key"]
     key_body = private_key.splitlines()[1]  # a line of the PEM body
